@@ -1,0 +1,456 @@
+"""The executor: threads, their pending operations, and one step at a time.
+
+Both drivers sit on this class. The *checker* decides which runnable thread steps next and
+explores the choices; the *timed driver* picks by virtual time. Neither reimplements the
+semantics of an operation: ``Machine.step`` is the single definition of what a load, a
+cmpxchg, a queued rwlock or a grace period does.
+
+Every thread always has its next operation pending (its generator is advanced to the next
+``yield`` as soon as the previous operation completes). So before choosing, a driver can
+see each thread's next footprint, which is what dynamic partial-order reduction needs and
+what a cost model needs.
+
+Bugs are reported as a ``Violation`` stored on the machine (and the run stops):
+use-after-free, lock misuse, sleeping in atomic context, deadlock, a failed invariant,
+an exception raised by model code (``BUG_ON``/``WARN_ON`` or a Python error), or a failed
+end-of-run check.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Generator, Iterable
+
+import numpy as np
+
+from . import ops as O
+from .memory import MASK64, Words
+from .ops import Op
+from .sync import EXCL, READ, Lock, RcuDomain
+
+ThreadFn = Callable[..., Generator[Op, Any, Any]]
+Invariant = Callable[["Machine"], "str | None"]
+
+
+class Violation(Exception):
+    """A safety property failed. ``kind`` names the property (stable across runs)."""
+
+    def __init__(self, kind: str, message: str, tid: int | None = None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.tid = tid
+
+
+def BUG_ON(cond: Any, message: str = "BUG_ON") -> None:
+    """Model assertion: raise a violation of kind ``bug`` if ``cond`` holds."""
+    if cond:
+        raise Violation("bug", message)
+
+
+def WARN_ON(cond: Any, message: str = "WARN_ON", kind: str = "warn") -> bool:
+    """A kernel WARN is a bug report too: the checker treats it as a violation."""
+    if cond:
+        raise Violation(kind, message)
+    return False
+
+
+class Thread:
+    __slots__ = ("tid", "name", "gen", "pending", "done", "result", "locks", "atomic",
+                 "steps", "loc", "daemon")
+
+    def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
+        self.tid = tid
+        self.name = name
+        self.gen = gen
+        self.pending: Op | None = None
+        self.done = False
+        self.result: Any = None
+        self.locks: list[tuple[Lock, int]] = []  # held locks with their mode
+        self.atomic = 0  # spinning locks held + non-sleepable RCU read sections
+        self.steps = 0
+        self.loc: str = ""
+        self.daemon = False
+
+    def __repr__(self) -> str:
+        return f"<Thread {self.tid} {self.name}>"
+
+
+class Step:
+    """One executed step, recorded when the machine traces."""
+
+    __slots__ = ("index", "tid", "op", "result", "loc")
+
+    def __init__(self, index: int, tid: int, op: Op, result: Any, loc: str) -> None:
+        self.index = index
+        self.tid = tid
+        self.op = op
+        self.result = result
+        self.loc = loc
+
+
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _location(gen: Generator[Any, Any, Any]) -> str:
+    """file:line of the innermost ``yield`` of a (possibly ``yield from``-nested) generator."""
+    g: Any = gen
+    while getattr(g, "gi_yieldfrom", None) is not None and hasattr(g.gi_yieldfrom, "gi_frame"):
+        g = g.gi_yieldfrom
+    f = g.gi_frame
+    if f is None:
+        return "?"
+    path = f.f_code.co_filename
+    if path.startswith(_SRC_ROOT):
+        path = path[len(_SRC_ROOT) + 1:]
+    else:
+        path = os.path.basename(path)
+    return f"{path}:{f.f_lineno}"
+
+
+class Machine:
+    """Threads plus shared state, stepped one operation at a time."""
+
+    def __init__(self, trace: bool = False) -> None:
+        self.threads: list[Thread] = []
+        self.invariants: list[tuple[str, Invariant]] = []
+        self.final_checks: list[tuple[str, Invariant]] = []
+        self.counters: dict[str, int] = {}
+        self.violation: Violation | None = None
+        self.nsteps = 0
+        self.tracing = trace
+        self.trace: list[Step] = []
+        self._next_oid = 0
+        self.live = 0  # threads not done
+        self.objects: dict[int, Words] = {}  # address -> object, for pointers in words
+        self.seed = 0
+
+    # -- shared objects --------------------------------------------------------------
+    ADDR_BASE = 0x1000
+
+    def new_words(self, name: str, n: int, init: int = 0) -> Words:
+        """Create and register a shared array; its ``addr`` can be stored in a word."""
+        w = Words(name, n, init)
+        w.addr = self.ADDR_BASE * (len(self.objects) + 1)
+        self.objects[w.addr] = w
+        return w
+
+    def deref(self, addr: int) -> Words:
+        """The object a stored pointer names (pointer arithmetic, not a memory access:
+        the access is the operation on the returned object, which may be freed)."""
+        w = self.objects.get(addr)
+        if w is None:
+            raise Violation("bad-pointer", f"dereference of unknown address {addr:#x}")
+        return w
+
+    # -- set-up ----------------------------------------------------------------------
+    def spawn(self, fn: ThreadFn, *args: Any, name: str | None = None,
+              daemon: bool = False) -> int:
+        """Create a thread running the generator function ``fn(*args)``.
+
+        A ``daemon`` thread (a background worker that loops forever) does not keep the
+        run alive: the run ends when every non-daemon thread has finished.
+        """
+        tid = len(self.threads)
+        gen = fn(*args)
+        t = Thread(tid, name or getattr(fn, "__name__", "thread"), gen)
+        t.daemon = daemon
+        self.threads.append(t)
+        if not daemon:
+            self.live += 1
+        self._advance(t, None)
+        return tid
+
+    def invariant(self, name: str, fn: Invariant) -> None:
+        """Add a predicate checked after every step: return None if it holds, else why not."""
+        self.invariants.append((name, fn))
+
+    def final_check(self, name: str, fn: Invariant) -> None:
+        """Add a predicate checked once, when every thread has finished."""
+        self.final_checks.append((name, fn))
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Count a measured (tolerated) event, e.g. a false-old page."""
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    # -- queries ---------------------------------------------------------------------
+    def enabled(self, tid: int) -> bool:
+        t = self.threads[tid]
+        if t.done:
+            return False
+        op = t.pending
+        assert op is not None
+        k = op.kind
+        if k == O.GRANT:
+            return op.obj.grantable(tid)
+        if k == O.GP_WAIT:
+            return op.obj.gp_done(op.a)
+        if k == O.WAIT:
+            w = op.obj
+            return w.freed or (int(w.data[op.lo]) & op.a) == op.b
+        return True
+
+    def runnable(self) -> list[int]:
+        return [t.tid for t in self.threads if not t.done and self.enabled(t.tid)]
+
+    def finished(self) -> bool:
+        return self.live == 0 or self.violation is not None
+
+    # -- execution -------------------------------------------------------------------
+    def step(self, tid: int) -> None:
+        """Execute thread ``tid``'s pending operation, then advance it to its next one."""
+        t = self.threads[tid]
+        op = t.pending
+        assert op is not None and not t.done
+        self.nsteps += 1
+        t.steps += 1
+        try:
+            res = self._execute(t, op)
+        except Violation as v:
+            v.tid = tid
+            self._record(t, op, None)
+            self.violation = v
+            return
+        if t.pending is not op:  # blocked: the op was replaced by its wait phase
+            self._record(t, op, None)
+        else:
+            self._record(t, op, res)
+            self._advance(t, res)
+        if self.violation is None:
+            self._check_invariants()
+        if self.violation is None and self.live == 0:
+            self._check_final()
+
+    def run_to_deadlock_check(self) -> bool:
+        """True (and a deadlock violation is set) if nothing can run but work remains."""
+        if self.violation is not None or self.live == 0:
+            return False
+        if any(self.enabled(t.tid) for t in self.threads if not t.done):
+            return False
+        waits = "; ".join(
+            f"{t.name} waits in {t.pending.describe() if t.pending else '?'}"
+            for t in self.threads if not t.done and not t.daemon)
+        self.violation = Violation("deadlock", f"no thread can run: {waits}")
+        return True
+
+    def _record(self, t: Thread, op: Op, res: Any) -> None:
+        if self.tracing:
+            self.trace.append(Step(self.nsteps, t.tid, op, res, t.loc))
+
+    def _advance(self, t: Thread, value: Any) -> None:
+        try:
+            op = t.gen.send(value)
+        except StopIteration as stop:
+            t.done = True
+            t.pending = None
+            t.result = stop.value
+            if not t.daemon:
+                self.live -= 1
+            self._thread_exit(t)
+            return
+        except Violation as v:
+            v.tid = t.tid
+            self.violation = v
+            t.pending = None
+            t.done = True
+            return
+        except Exception as e:  # a model bug or a crash of seeded-buggy code: an "oops"
+            self.violation = Violation("exception", f"{type(e).__name__}: {e}", t.tid)
+            t.pending = None
+            t.done = True
+            return
+        if type(op) is not Op:
+            self.violation = Violation(
+                "model-error", f"thread {t.name} yielded {op!r}, not an operation", t.tid)
+            t.done = True
+            return
+        obj = op.obj
+        if obj is not None and obj.oid is None:
+            obj.oid = self._next_oid
+            self._next_oid += 1
+        if op.sleeps and t.atomic:
+            self.violation = Violation(
+                "sleep-in-atomic",
+                f"{t.name}: {op.describe()} may sleep inside an RCU read section or with a"
+                " spinning lock held", t.tid)
+        t.pending = op
+        if self.tracing:
+            t.loc = _location(t.gen)
+
+    def _thread_exit(self, t: Thread) -> None:
+        if self.violation is not None:
+            return
+        if t.locks:
+            names = ", ".join(lk.name for lk, _ in t.locks)
+            self.violation = Violation("lock-leak", f"{t.name} exited holding {names}", t.tid)
+        elif t.atomic:
+            self.violation = Violation(
+                "rcu-leak", f"{t.name} exited inside an RCU read section", t.tid)
+
+    def _check_invariants(self) -> None:
+        for name, fn in self.invariants:
+            msg = fn(self)
+            if msg:
+                self.violation = Violation(name, msg)
+                return
+
+    def _check_final(self) -> None:
+        for name, fn in self.final_checks:
+            msg = fn(self)
+            if msg:
+                self.violation = Violation(name, msg)
+                return
+
+    def _uaf(self, t: Thread, op: Op) -> Violation:
+        w = op.obj
+        by = f" (freed by {self.threads[w.freed_by].name})" if w.freed_by is not None else ""
+        return Violation("use-after-free", f"{t.name}: {op.describe()} on freed {w.name}{by}")
+
+    def _execute(self, t: Thread, op: Op) -> Any:
+        k = op.kind
+        tid = t.tid
+        if k <= O.FREE:  # scalar memory operations
+            w: Words = op.obj
+            if w.freed:
+                raise self._uaf(t, op)
+            d = w.data
+            i = op.lo
+            if k == O.LOAD or k == O.WAIT:
+                return int(d[i])
+            old = int(d[i])
+            if k == O.STORE:
+                d[i] = op.a & MASK64
+                return None
+            if k == O.CAS:
+                if old == op.a:
+                    d[i] = op.b & MASK64
+            elif k == O.FETCH_AND:
+                d[i] = old & op.a
+            elif k == O.FETCH_OR:
+                d[i] = (old | op.a) & MASK64
+            elif k == O.XCHG:
+                d[i] = op.a & MASK64
+            elif k == O.FETCH_ADD:
+                d[i] = (old + op.a) & MASK64
+            elif k == O.FREE:
+                w.freed = True
+                w.freed_by = tid
+                return None
+            return old
+        if k >= O.VLOAD:
+            return self._execute_vector(t, op)
+        if k == O.ALLOC:
+            n, init = op.b
+            return self.new_words(op.a, n, init)
+        if k in (O.LOCK, O.READ_LOCK, O.WRITE_LOCK):
+            lock: Lock = op.obj
+            mode = READ if k == O.READ_LOCK else EXCL
+            if k == O.READ_LOCK and not lock.shared_ok:
+                raise Violation("lock-misuse", f"read_lock on {lock.kind} {lock.name}")
+            if lock.held_by(tid) and (mode == EXCL or lock.owner == tid):
+                raise Violation("deadlock", f"{t.name} re-acquires {lock.name} it holds")
+            if lock.request(tid, mode):
+                self._took(t, lock, mode)
+            else:
+                t.pending = Op(O.GRANT, lock, a=mode, cost=op.cost)
+            return None
+        if k == O.GRANT:
+            lock = op.obj
+            lock.grant(tid)
+            self._took(t, lock, op.a)
+            t.pending = op  # so step() advances the thread
+            return None
+        if k in (O.UNLOCK, O.READ_UNLOCK, O.WRITE_UNLOCK):
+            lock = op.obj
+            mode = READ if k == O.READ_UNLOCK else EXCL
+            err = lock.release(tid, mode)
+            if err:
+                raise Violation("lock-misuse", f"{t.name}: {err}")
+            for j, (lk, m) in enumerate(t.locks):
+                if lk is lock and m == mode:
+                    del t.locks[j]
+                    break
+            if not lock.sleeping:
+                t.atomic -= 1
+            return None
+        if k == O.RCU_READ_LOCK:
+            dom: RcuDomain = op.obj
+            dom.read_lock(tid)
+            if not dom.sleepable:
+                t.atomic += 1
+            return None
+        if k == O.RCU_READ_UNLOCK:
+            dom = op.obj
+            err = dom.read_unlock(tid)
+            if err:
+                raise Violation("rcu-misuse", f"{t.name}: {err}")
+            if not dom.sleepable:
+                t.atomic -= 1
+            return None
+        if k == O.SYNC_RCU:
+            dom = op.obj
+            if dom.in_reader(tid):
+                raise Violation("deadlock", f"{t.name}: synchronize on {dom.name} inside its"
+                                " own read section")
+            snap = dom.start_gp()
+            if snap:
+                t.pending = Op(O.GP_WAIT, dom, a=snap, cost=op.cost)
+            return None
+        if k == O.GP_WAIT:
+            t.pending = op
+            return None
+        if k == O.CALL_RCU:
+            dom = op.obj
+            snap = dom.start_gp()
+            self.spawn(_rcu_callback, dom, snap, op.a, op.b,
+                       name=f"rcu:{getattr(op.a, '__name__', 'cb')}")
+            return None
+        if k == O.SPAWN:
+            args, name = op.b
+            return self.spawn(op.a, *args, name=name)
+        if k == O.MIGHT_SLEEP or k == O.NOP:
+            return None
+        raise Violation("model-error", f"unknown operation kind {k}")
+
+    def _took(self, t: Thread, lock: Lock, mode: int) -> None:
+        t.locks.append((lock, mode))
+        if not lock.sleeping:
+            t.atomic += 1
+
+    def _execute_vector(self, t: Thread, op: Op) -> Any:
+        w: Words = op.obj
+        if w.freed:
+            raise self._uaf(t, op)
+        view = w.data[op.lo:op.hi]
+        k = op.kind
+        if k == O.VLOAD:
+            return view.copy()
+        if k == O.VSTORE:
+            view[:] = op.a
+            return None
+        old = view.copy()
+        mask = np.uint64(op.a & MASK64)
+        sel = op.b
+        if k == O.VFETCH_AND:
+            if sel is None:
+                view &= mask
+            else:
+                view[sel] &= mask
+        else:
+            if sel is None:
+                view |= mask
+            else:
+                view[sel] |= mask
+        return old
+
+    # -- convenience -----------------------------------------------------------------
+    def thread_names(self) -> dict[int, str]:
+        return {t.tid: t.name for t in self.threads}
+
+
+def _rcu_callback(dom: RcuDomain, snap: tuple[tuple[int, int], ...], fn: ThreadFn,
+                  args: Iterable[Any]) -> Generator[Op, Any, Any]:
+    """Body of a ``call_rcu`` callback: wait for the grace period, then run ``fn``."""
+    if snap:
+        yield Op(O.GP_WAIT, dom, a=snap)
+    yield from fn(*args)

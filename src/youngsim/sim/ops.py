@@ -1,0 +1,302 @@
+"""Operations: the only way model code touches shared state.
+
+A model thread is a generator. Each time it needs shared memory, a lock or RCU it
+*yields* an operation built by one of the constructors below, and the driver (checker or
+timed) decides when that operation runs and sends back its result::
+
+    old = yield cas(spte_table, i, expected, new)
+
+Everything between two yields is thread-local computation and runs atomically with the
+preceding operation. That is the contract that makes exploring interleavings sound: two
+schedules that order the same operations the same way are the same execution.
+
+An operation carries its *footprint* (``obj``, ``lo``, ``hi``, ``write``): the object it
+touches, the word range, and whether it may modify it. The checker's partial-order
+reduction treats two operations as independent exactly when their footprints do not
+conflict (different objects, disjoint ranges, or both reads). Locks and RCU domains are
+objects too: every lock operation writes its lock; ``rcu_read_lock``/``unlock`` only read
+their domain (readers never exclude each other), while grace-period operations write it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .memory import Words
+    from .sync import Lock, RcuDomain
+
+# Operation kinds. Small ints so the drivers can dispatch on a tuple index.
+LOAD = 0
+STORE = 1
+CAS = 2
+XCHG = 3
+FETCH_AND = 4
+FETCH_OR = 5
+FETCH_ADD = 6
+WAIT = 7  # wait_until: block until (word & mask) == value, then return the word
+FREE = 8
+ALLOC = 9
+LOCK = 10  # spinlock / mutex acquire
+UNLOCK = 11
+READ_LOCK = 12
+READ_UNLOCK = 13
+WRITE_LOCK = 14
+WRITE_UNLOCK = 15
+GRANT = 16  # internal: a queued lock waiter takes the lock
+RCU_READ_LOCK = 17
+RCU_READ_UNLOCK = 18
+SYNC_RCU = 19  # synchronize_rcu: starts a grace period ...
+GP_WAIT = 20  # internal: ... and waits for it
+CALL_RCU = 21
+MIGHT_SLEEP = 22
+SPAWN = 23
+NOP = 24  # a scheduling point with no shared effect (cpu_relax, a timed delay)
+VLOAD = 25  # vector ops: the same semantics on a word range, for chunked walkers
+VFETCH_AND = 26
+VFETCH_OR = 27
+VSTORE = 28
+
+KIND_NAMES = {
+    LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
+    FETCH_OR: "fetch_or", FETCH_ADD: "fetch_add", WAIT: "wait_until", FREE: "free",
+    ALLOC: "alloc", LOCK: "lock", UNLOCK: "unlock", READ_LOCK: "read_lock",
+    READ_UNLOCK: "read_unlock", WRITE_LOCK: "write_lock", WRITE_UNLOCK: "write_unlock",
+    GRANT: "acquire", RCU_READ_LOCK: "rcu_read_lock", RCU_READ_UNLOCK: "rcu_read_unlock",
+    SYNC_RCU: "synchronize_rcu", GP_WAIT: "gp_wait", CALL_RCU: "call_rcu",
+    MIGHT_SLEEP: "might_sleep", SPAWN: "spawn", NOP: "nop", VLOAD: "vload",
+    VFETCH_AND: "vfetch_and", VFETCH_OR: "vfetch_or", VSTORE: "vstore",
+}
+
+#: Kinds that may sleep: illegal inside an RCU read section or with a spinning lock held.
+SLEEPING_KINDS = frozenset({SYNC_RCU, MIGHT_SLEEP})
+
+
+class Op:
+    """One yielded operation: its kind, footprint and arguments.
+
+    ``cost`` is an optional label the timed driver looks up in the cost model (for example
+    ``"spte_walk"``); the checker ignores it. ``sleeps`` marks operations that may sleep
+    (a mutex acquire, synchronize_rcu), so sleeping in atomic context can be reported.
+    """
+
+    __slots__ = ("kind", "obj", "lo", "hi", "write", "a", "b", "cost", "sleeps")
+
+    def __init__(
+        self,
+        kind: int,
+        obj: Any,
+        lo: int = 0,
+        hi: int = 1,
+        write: bool = True,
+        a: Any = None,
+        b: Any = None,
+        cost: str | None = None,
+        sleeps: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.obj = obj
+        self.lo = lo
+        self.hi = hi
+        self.write = write
+        self.a = a
+        self.b = b
+        self.cost = cost
+        self.sleeps = sleeps
+
+    def conflicts(self, other: "Op") -> bool:
+        """True if the two operations do not commute (same object, overlapping, a write)."""
+        o = self.obj
+        if o is None or other.obj is None or o.oid != other.obj.oid:
+            return False
+        if not (self.write or other.write):
+            return False
+        return self.lo < other.hi and other.lo < self.hi
+
+    def describe(self) -> str:
+        """Human-readable form for step tables: ``cas(spt[3], 0x1, 0x0)``."""
+        name = KIND_NAMES[self.kind]
+        if self.kind in (LOAD, STORE, CAS, XCHG, FETCH_AND, FETCH_OR, FETCH_ADD, WAIT):
+            where = f"{self.obj.name}[{self.lo}]"
+            args = [x for x in (self.a, self.b) if x is not None]
+            return f"{name}({', '.join([where] + [_hex(x) for x in args])})"
+        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE):
+            where = f"{self.obj.name}[{self.lo}:{self.hi}]"
+            extra = f", {_hex(self.a)}" if isinstance(self.a, int) else ""
+            return f"{name}({where}{extra})"
+        if self.kind == CALL_RCU:
+            return f"call_rcu({self.obj.name}, {getattr(self.a, '__name__', self.a)})"
+        if self.kind == SPAWN:
+            return f"spawn({getattr(self.a, '__name__', self.a)})"
+        if self.kind == NOP:
+            return f"nop({self.a})" if self.a else "nop"
+        if self.obj is None:
+            return name
+        return f"{name}({self.obj.name})"
+
+
+def _hex(x: Any) -> str:
+    return hex(x) if isinstance(x, int) and not isinstance(x, bool) else repr(x)
+
+
+# --- memory ---------------------------------------------------------------------------
+
+def load(w: "Words", i: int, cost: str | None = None) -> Op:
+    """READ_ONCE(w[i])."""
+    return Op(LOAD, w, i, i + 1, False, cost=cost)
+
+
+def store(w: "Words", i: int, v: int, cost: str | None = None) -> Op:
+    """WRITE_ONCE(w[i], v)."""
+    return Op(STORE, w, i, i + 1, True, v, cost=cost)
+
+
+def cas(w: "Words", i: int, old: int, new: int, cost: str | None = None) -> Op:
+    """cmpxchg(&w[i], old, new): returns the value found; it succeeded iff that == old."""
+    return Op(CAS, w, i, i + 1, True, old, new, cost=cost)
+
+
+def xchg(w: "Words", i: int, v: int, cost: str | None = None) -> Op:
+    """xchg(&w[i], v): returns the old value."""
+    return Op(XCHG, w, i, i + 1, True, v, cost=cost)
+
+
+def fetch_and(w: "Words", i: int, mask: int, cost: str | None = None) -> Op:
+    """atomic64_fetch_and: w[i] &= mask, returns the old value."""
+    return Op(FETCH_AND, w, i, i + 1, True, mask, cost=cost)
+
+
+def fetch_or(w: "Words", i: int, mask: int, cost: str | None = None) -> Op:
+    """atomic64_fetch_or: w[i] |= mask, returns the old value."""
+    return Op(FETCH_OR, w, i, i + 1, True, mask, cost=cost)
+
+
+def fetch_add(w: "Words", i: int, delta: int, cost: str | None = None) -> Op:
+    """atomic64_fetch_add (wrapping at 64 bits): returns the old value."""
+    return Op(FETCH_ADD, w, i, i + 1, True, delta, cost=cost)
+
+
+def wait_until(w: "Words", i: int, mask: int, value: int, cost: str | None = None) -> Op:
+    """Spin until ``w[i] & mask == value``; returns the word.
+
+    Models a spin-wait loop (``while (test_bit(...)) cpu_relax();``) as one blocking
+    operation so that exhaustive exploration stays finite: the thread is simply not
+    runnable until the condition holds.
+    """
+    return Op(WAIT, w, i, i + 1, False, mask, value, cost=cost)
+
+
+def vload(w: "Words", lo: int, hi: int, cost: str | None = None) -> Op:
+    """Load words ``w[lo:hi]`` (a chunk); returns a numpy copy."""
+    return Op(VLOAD, w, lo, hi, False, cost=cost)
+
+
+def vstore(w: "Words", lo: int, values: Any, cost: str | None = None) -> Op:
+    """Store a numpy array of words at ``w[lo:lo+len(values)]``."""
+    return Op(VSTORE, w, lo, lo + len(values), True, values, cost=cost)
+
+
+def vfetch_and(w: "Words", lo: int, hi: int, mask: int, select: Any = None,
+               cost: str | None = None) -> Op:
+    """Atomic AND of ``mask`` into each selected word of ``w[lo:hi]``; returns old words.
+
+    ``select`` is an optional boolean array: only those words are updated. Per word the
+    update is atomic; the chunk as a whole is not (a vector of atomics, as a loop of
+    ``atomic64_fetch_and`` would be).
+    """
+    return Op(VFETCH_AND, w, lo, hi, True, mask, select, cost=cost)
+
+
+def vfetch_or(w: "Words", lo: int, hi: int, mask: int, select: Any = None,
+              cost: str | None = None) -> Op:
+    """Atomic OR of ``mask`` into each selected word of ``w[lo:hi]``; returns old words."""
+    return Op(VFETCH_OR, w, lo, hi, True, mask, select, cost=cost)
+
+
+def free(w: "Words", cost: str | None = None) -> Op:
+    """Free an object: every later access to it is reported as a use-after-free."""
+    return Op(FREE, w, 0, max(len(w), 1), True, cost=cost)
+
+
+def alloc(name: str, n: int, init: int = 0, cost: str | None = None) -> Op:
+    """Allocate a fresh, zeroed (or ``init``-filled) array of ``n`` words; returns it.
+
+    A fresh object is invisible to other threads until published, so allocation commutes
+    with everything.
+    """
+    return Op(ALLOC, None, 0, 0, False, name, (n, init), cost=cost)
+
+
+# --- locks ----------------------------------------------------------------------------
+
+def spin_lock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(LOCK, lock, cost=cost)
+
+
+def spin_unlock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(UNLOCK, lock, cost=cost)
+
+
+def mutex_lock(lock: "Lock", cost: str | None = None) -> Op:
+    """Acquire a sleeping lock: illegal in atomic context (RCU read side, spinlock held)."""
+    return Op(LOCK, lock, cost=cost, sleeps=True)
+
+
+def mutex_unlock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(UNLOCK, lock, cost=cost)
+
+
+def read_lock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(READ_LOCK, lock, cost=cost)
+
+
+def read_unlock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(READ_UNLOCK, lock, cost=cost)
+
+
+def write_lock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(WRITE_LOCK, lock, cost=cost)
+
+
+def write_unlock(lock: "Lock", cost: str | None = None) -> Op:
+    return Op(WRITE_UNLOCK, lock, cost=cost)
+
+
+# --- RCU ------------------------------------------------------------------------------
+
+def rcu_read_lock(domain: "RcuDomain", cost: str | None = None) -> Op:
+    return Op(RCU_READ_LOCK, domain, write=False, cost=cost)
+
+
+def rcu_read_unlock(domain: "RcuDomain", cost: str | None = None) -> Op:
+    return Op(RCU_READ_UNLOCK, domain, write=False, cost=cost)
+
+
+def synchronize_rcu(domain: "RcuDomain", cost: str | None = None) -> Op:
+    """Return only after every reader inside a read section of ``domain`` at the call has
+    left it. Sleeps, so it is a bug inside a (non-sleepable) read section."""
+    return Op(SYNC_RCU, domain, cost=cost, sleeps=True)
+
+
+def call_rcu(domain: "RcuDomain", fn: Callable[..., Any], *args: Any,
+             cost: str | None = None) -> Op:
+    """Run the generator function ``fn(*args)`` as a new thread after a grace period of
+    ``domain`` that starts now. Does not sleep."""
+    return Op(CALL_RCU, domain, a=fn, b=args, cost=cost)
+
+
+# --- misc -----------------------------------------------------------------------------
+
+def might_sleep(cost: str | None = None) -> Op:
+    """Annotate a point where the thread may sleep (a GFP_KERNEL allocation, cond_resched)."""
+    return Op(MIGHT_SLEEP, None, write=False, cost=cost, sleeps=True)
+
+
+def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> Op:
+    """Start ``fn(*args)`` as a new thread; returns its thread id."""
+    return Op(SPAWN, None, write=False, a=fn, b=(args, name))
+
+
+def nop(label: str | None = None, cost: str | None = None) -> Op:
+    """A scheduling point with no shared effect; the timed driver charges ``cost``."""
+    return Op(NOP, None, write=False, a=label, cost=cost)

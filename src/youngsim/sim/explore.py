@@ -33,19 +33,39 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import ops as O
 from .machine import Machine, Violation
 from .program import Program
 
-def footprint(m: Machine, tid: int) -> tuple[int, int, int, bool] | None:
+Access = tuple[int, int, int, bool]  # (object id, first word, end word, writes?)
+Footprint = tuple[Access, ...]
+
+
+def footprint(m: Machine, tid: int) -> Footprint:
+    """What thread ``tid``'s pending operation touches: usually one access, none for
+    operations on no shared object. Acquiring or releasing a spinning lock also reads the
+    consolidated RCU domain when the machine has one (``Machine.rcu_sched``): it opens or
+    closes an implicit read section, which grace periods must be ordered against."""
     op = m.threads[tid].pending
     if op is None or op.obj is None:
-        return None
-    return (op.obj.oid, op.lo, op.hi, op.write)
+        return ()
+    acc = (op.obj.oid, op.lo, op.hi, op.write)
+    rs = m.rcu_sched
+    if rs is not None and op.kind in _SPIN_KINDS and not getattr(op.obj, "sleeping", True):
+        return (acc, (rs.oid, 0, 1, False))
+    return (acc,)
 
 
-def conflict(a: tuple[int, int, int, bool] | None, b: tuple[int, int, int, bool] | None) -> bool:
-    return (a is not None and b is not None and a[0] == b[0] and (a[3] or b[3])
-            and a[1] < b[2] and b[1] < a[2])
+_SPIN_KINDS = frozenset({O.LOCK, O.UNLOCK, O.READ_LOCK, O.READ_UNLOCK, O.WRITE_LOCK,
+                         O.WRITE_UNLOCK, O.GRANT})
+
+
+def conflict(a: Footprint, b: Footprint) -> bool:
+    for x in a:
+        for y in b:
+            if (x[0] == y[0] and (x[3] or y[3]) and x[1] < y[2] and y[1] < x[2]):
+                return True
+    return False
 
 
 @dataclass
@@ -143,8 +163,8 @@ class _Node:
     __slots__ = ("enabled", "fps", "backtrack", "done", "sleep", "tid", "fp", "preempt",
                  "prev")
 
-    def __init__(self, enabled: list[int], fps: dict[int, tuple[int, int, int, bool] | None],
-                 sleep: dict[int, tuple[int, int, int, bool] | None], preempt: int,
+    def __init__(self, enabled: list[int], fps: dict[int, Footprint],
+                 sleep: dict[int, Footprint], preempt: int,
                  prev: int | None) -> None:
         self.enabled = enabled
         self.fps = fps
@@ -152,7 +172,7 @@ class _Node:
         self.done: set[int] = set()
         self.sleep = sleep
         self.tid = -1
-        self.fp: tuple[int, int, int, bool] | None = None
+        self.fp: Footprint = ()
         self.preempt = preempt  # preemptions on the path before this state
         self.prev = prev  # thread that made the previous step
 
@@ -207,7 +227,7 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
                 fps = {p: footprint(m, p) for p in live}
                 parent = nodes[depth - 1] if depth else None
                 if parent is None:
-                    sleep: dict[int, tuple[int, int, int, bool] | None] = {}
+                    sleep: dict[int, Footprint] = {}
                     pre, prev = 0, None
                 else:
                     sleep = _child_sleep(parent) if reduction else {}
@@ -238,11 +258,15 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
             m.step(tid)
             # happens-before clock of this transition
             c = list(tclock.get(tid, ()))
-            if fp is not None:
-                for j in by_oid.get(fp[0], ()):
-                    if conflict(nodes[j].fp, fp):
-                        _join(c, clocks[j])
-                by_oid.setdefault(fp[0], []).append(ntrans)
+            if fp:
+                seen: set[int] = set()
+                for acc in fp:
+                    for j in by_oid.get(acc[0], ()):
+                        if j not in seen and conflict(nodes[j].fp, fp):
+                            seen.add(j)
+                            _join(c, clocks[j])
+                for acc in fp:
+                    by_oid.setdefault(acc[0], []).append(ntrans)
             while len(c) <= tid:
                 c.append(-1)
             c[tid] = ntrans
@@ -323,7 +347,7 @@ def _join(c: list[int], d: list[int]) -> None:
             c[i] = v
 
 
-def _child_sleep(parent: _Node) -> dict[int, tuple[int, int, int, bool] | None]:
+def _child_sleep(parent: _Node) -> dict[int, Footprint]:
     """Sleep set after ``parent`` stepped ``parent.tid``: threads explored before it (and
     those already asleep) stay asleep if their next operation commutes with the step."""
     fp = parent.fp
@@ -333,23 +357,25 @@ def _child_sleep(parent: _Node) -> dict[int, tuple[int, int, int, bool] | None]:
             out[q] = qfp
     for q in parent.done:
         if q != parent.tid and q not in out:
-            qfp = parent.fps.get(q)
+            qfp = parent.fps.get(q, ())
             if not conflict(qfp, fp):
                 out[q] = qfp
     return out
 
 
 def _detect_races(nodes: list[_Node], clocks: list[list[int]], tclock: dict[int, list[int]],
-                  by_oid: dict[int, list[int]], fps: dict[int, tuple[int, int, int, bool] | None],
+                  by_oid: dict[int, list[int]], fps: dict[int, Footprint],
                   m: Machine, depth: int, bounded: bool) -> None:
     """For each thread's next operation, find the last conflicting transition that does
     not happen before it, and schedule the thread (or, if it was not enabled there, every
     enabled thread) to run before that transition."""
     for p, fp in fps.items():
-        if fp is None:
+        if not fp:
             continue
         pc = tclock.get(p)
-        for j in reversed(by_oid.get(fp[0], ())):
+        cands = by_oid.get(fp[0][0], ()) if len(fp) == 1 else sorted(
+            {j for acc in fp for j in by_oid.get(acc[0], ())})
+        for j in reversed(cands):
             nj = nodes[j]
             if nj.tid == p or not conflict(nj.fp, fp):
                 continue

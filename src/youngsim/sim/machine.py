@@ -114,6 +114,7 @@ class Machine:
     def __init__(self, trace: bool = False) -> None:
         self.threads: list[Thread] = []
         self.invariants: list[tuple[str, Invariant]] = []
+        self.watches: list[frozenset[str] | None] = []
         self.final_checks: list[tuple[str, Invariant]] = []
         self.counters: dict[str, int] = {}
         self.violation: Violation | None = None
@@ -124,13 +125,17 @@ class Machine:
         self.live = 0  # threads not done
         self.objects: dict[int, Words] = {}  # address -> object, for pointers in words
         self.seed = 0
+        self.current: Thread | None = None  # the thread whose step is executing
+        #: RCU flavour consolidation (Linux >= 4.20): a region with a spinning lock held
+        #: (preemption disabled) is an RCU read-side critical section of this domain.
+        self.rcu_sched: RcuDomain | None = None
 
     # -- shared objects --------------------------------------------------------------
     ADDR_BASE = 0x1000
 
-    def new_words(self, name: str, n: int, init: int = 0) -> Words:
+    def new_words(self, name: str, n: int, init: int = 0, tag: str | None = None) -> Words:
         """Create and register a shared array; its ``addr`` can be stored in a word."""
-        w = Words(name, n, init)
+        w = Words(name, n, init, tag)
         w.addr = self.ADDR_BASE * (len(self.objects) + 1)
         self.objects[w.addr] = w
         return w
@@ -161,9 +166,21 @@ class Machine:
         self._advance(t, None)
         return tid
 
-    def invariant(self, name: str, fn: Invariant) -> None:
-        """Add a predicate checked after every step: return None if it holds, else why not."""
+    def use_rcu_sched(self, domain: RcuDomain) -> None:
+        """Make spinning-lock holders readers of ``domain`` (see ``rcu_sched``)."""
+        self.rcu_sched = domain
+        if domain.oid is None:
+            domain.oid = self._next_oid
+            self._next_oid += 1
+
+    def invariant(self, name: str, fn: Invariant, watch: Iterable[str] | None = None) -> None:
+        """Add a predicate checked after every step: return None if it holds, else why not.
+
+        With ``watch`` (a set of ``Words.tag`` values) it is checked only after steps that
+        write memory with one of those tags: the predicate must read nothing else that
+        other steps change (ghost state counts as part of the write it accompanies)."""
         self.invariants.append((name, fn))
+        self.watches.append(frozenset(watch) if watch is not None else None)
 
     def final_check(self, name: str, fn: Invariant) -> None:
         """Add a predicate checked once, when every thread has finished."""
@@ -204,6 +221,7 @@ class Machine:
         assert op is not None and not t.done
         self.nsteps += 1
         t.steps += 1
+        self.current = t
         try:
             res = self._execute(t, op)
         except Violation as v:
@@ -216,8 +234,8 @@ class Machine:
         else:
             self._record(t, op, res)
             self._advance(t, res)
-        if self.violation is None:
-            self._check_invariants()
+        if self.violation is None and self.invariants:
+            self._check_invariants(op)
         if self.violation is None and self.live == 0:
             self._check_final()
 
@@ -238,6 +256,7 @@ class Machine:
             self.trace.append(Step(self.nsteps, t.tid, op, res, t.loc))
 
     def _advance(self, t: Thread, value: Any) -> None:
+        self.current = t
         try:
             op = t.gen.send(value)
         except StopIteration as stop:
@@ -287,8 +306,11 @@ class Machine:
             self.violation = Violation(
                 "rcu-leak", f"{t.name} exited inside an RCU read section", t.tid)
 
-    def _check_invariants(self) -> None:
-        for name, fn in self.invariants:
+    def _check_invariants(self, op: Op) -> None:
+        tag = op.obj.tag if (op.write and type(op.obj) is Words) else None
+        for (name, fn), watch in zip(self.invariants, self.watches):
+            if watch is not None and tag not in watch:
+                continue
             msg = fn(self)
             if msg:
                 self.violation = Violation(name, msg)
@@ -340,8 +362,8 @@ class Machine:
         if k >= O.VLOAD:
             return self._execute_vector(t, op)
         if k == O.ALLOC:
-            n, init = op.b
-            return self.new_words(op.a, n, init)
+            n, init, tag = op.b
+            return self.new_words(op.a, n, init, tag)
         if k in (O.LOCK, O.READ_LOCK, O.WRITE_LOCK):
             lock: Lock = op.obj
             mode = READ if k == O.READ_LOCK else EXCL
@@ -372,6 +394,8 @@ class Machine:
                     break
             if not lock.sleeping:
                 t.atomic -= 1
+                if self.rcu_sched is not None:
+                    self.rcu_sched.read_unlock(t.tid)
             return None
         if k == O.RCU_READ_LOCK:
             dom: RcuDomain = op.obj
@@ -416,6 +440,8 @@ class Machine:
         t.locks.append((lock, mode))
         if not lock.sleeping:
             t.atomic += 1
+            if self.rcu_sched is not None:
+                self.rcu_sched.read_lock(t.tid)
 
     def _execute_vector(self, t: Thread, op: Op) -> Any:
         w: Words = op.obj
@@ -425,13 +451,21 @@ class Machine:
         k = op.kind
         if k == O.VLOAD:
             return view.copy()
+        sel = op.b
         if k == O.VSTORE:
-            view[:] = op.a
+            if sel is None:
+                view[:] = op.a
+            else:
+                view[sel] = np.asarray(op.a, dtype=np.uint64)[sel]
             return None
         old = view.copy()
         mask = np.uint64(op.a & MASK64)
-        sel = op.b
-        if k == O.VFETCH_AND:
+        if k == O.VXCHG:
+            if sel is None:
+                view[:] = mask
+            else:
+                view[sel] = mask
+        elif k == O.VFETCH_AND:
             if sel is None:
                 view &= mask
             else:
@@ -442,6 +476,28 @@ class Machine:
             else:
                 view[sel] |= mask
         return old
+
+    # -- lockdep ---------------------------------------------------------------------
+    def holds(self, lock: Lock, write: bool | None = None) -> bool:
+        """Does the running thread hold ``lock`` (for write, for read, or either)?"""
+        t = self.current
+        if t is None:
+            return False
+        if write is None:
+            return lock.held_by(t.tid)
+        return lock.owner == t.tid if write else t.tid in lock.readers
+
+    def lockdep_assert_held(self, lock: Lock, write: bool | None = None) -> None:
+        """``lockdep_assert_held{,_write,_read}``: a violation if the running thread
+        does not hold ``lock`` as required."""
+        if not self.holds(lock, write):
+            how = {None: "", True: " for write", False: " for read"}[write]
+            name = self.current.name if self.current else "?"
+            raise Violation("lockdep", f"{name} must hold {lock.name}{how} here")
+
+    def in_rcu_reader(self, domain: RcuDomain) -> bool:
+        t = self.current
+        return t is not None and domain.in_reader(t.tid)
 
     # -- convenience -----------------------------------------------------------------
     def thread_names(self) -> dict[int, str]:

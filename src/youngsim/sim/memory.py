@@ -24,9 +24,9 @@ class Words:
     objects in every re-execution.
     """
 
-    __slots__ = ("name", "data", "freed", "oid", "freed_by", "addr", "__weakref__")
+    __slots__ = ("name", "data", "freed", "oid", "freed_by", "addr", "tag", "__weakref__")
 
-    def __init__(self, name: str, n: int, init: int = 0) -> None:
+    def __init__(self, name: str, n: int, init: int = 0, tag: str | None = None) -> None:
         if n < 1:
             raise ValueError(f"Words {name!r}: size must be >= 1, got {n}")
         self.name = name
@@ -35,6 +35,9 @@ class Words:
         self.freed_by: int | None = None
         self.oid: int | None = None
         self.addr = 0  # set when the machine registers it (``Machine.new_words``)
+        #: what kind of memory this is ("spt", "pte", ...): invariants watch tags, so they
+        #: are re-evaluated only after a write to memory they read
+        self.tag = tag
 
     def __len__(self) -> int:
         return len(self.data)

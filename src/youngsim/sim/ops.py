@@ -56,6 +56,7 @@ VLOAD = 25  # vector ops: the same semantics on a word range, for chunked walker
 VFETCH_AND = 26
 VFETCH_OR = 27
 VSTORE = 28
+VXCHG = 29
 
 KIND_NAMES = {
     LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
@@ -65,7 +66,7 @@ KIND_NAMES = {
     GRANT: "acquire", RCU_READ_LOCK: "rcu_read_lock", RCU_READ_UNLOCK: "rcu_read_unlock",
     SYNC_RCU: "synchronize_rcu", GP_WAIT: "gp_wait", CALL_RCU: "call_rcu",
     MIGHT_SLEEP: "might_sleep", SPAWN: "spawn", NOP: "nop", VLOAD: "vload",
-    VFETCH_AND: "vfetch_and", VFETCH_OR: "vfetch_or", VSTORE: "vstore",
+    VFETCH_AND: "vfetch_and", VFETCH_OR: "vfetch_or", VSTORE: "vstore", VXCHG: "vxchg",
 }
 
 #: Kinds that may sleep: illegal inside an RCU read section or with a spinning lock held.
@@ -120,7 +121,7 @@ class Op:
             where = f"{self.obj.name}[{self.lo}]"
             args = [x for x in (self.a, self.b) if x is not None]
             return f"{name}({', '.join([where] + [_hex(x) for x in args])})"
-        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE):
+        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE, VXCHG):
             where = f"{self.obj.name}[{self.lo}:{self.hi}]"
             extra = f", {_hex(self.a)}" if isinstance(self.a, int) else ""
             return f"{name}({where}{extra})"
@@ -191,9 +192,18 @@ def vload(w: "Words", lo: int, hi: int, cost: str | None = None) -> Op:
     return Op(VLOAD, w, lo, hi, False, cost=cost)
 
 
-def vstore(w: "Words", lo: int, values: Any, cost: str | None = None) -> Op:
-    """Store a numpy array of words at ``w[lo:lo+len(values)]``."""
-    return Op(VSTORE, w, lo, lo + len(values), True, values, cost=cost)
+def vstore(w: "Words", lo: int, values: Any, select: Any = None,
+           cost: str | None = None) -> Op:
+    """Store a numpy array of words at ``w[lo:lo+len(values)]`` (plain stores, one per
+    word; with ``select``, only where it is True)."""
+    return Op(VSTORE, w, lo, lo + len(values), True, values, select, cost=cost)
+
+
+def vxchg(w: "Words", lo: int, hi: int, value: int, select: Any = None,
+          cost: str | None = None) -> Op:
+    """Atomic exchange of ``value`` into each selected word of ``w[lo:hi]``; returns the
+    old words."""
+    return Op(VXCHG, w, lo, hi, True, value, select, cost=cost)
 
 
 def vfetch_and(w: "Words", lo: int, hi: int, mask: int, select: Any = None,
@@ -218,13 +228,14 @@ def free(w: "Words", cost: str | None = None) -> Op:
     return Op(FREE, w, 0, max(len(w), 1), True, cost=cost)
 
 
-def alloc(name: str, n: int, init: int = 0, cost: str | None = None) -> Op:
+def alloc(name: str, n: int, init: int = 0, tag: str | None = None,
+          cost: str | None = None) -> Op:
     """Allocate a fresh, zeroed (or ``init``-filled) array of ``n`` words; returns it.
 
     A fresh object is invisible to other threads until published, so allocation commutes
     with everything.
     """
-    return Op(ALLOC, None, 0, 0, False, name, (n, init), cost=cost)
+    return Op(ALLOC, None, 0, 0, False, name, (n, init, tag), cost=cost)
 
 
 # --- locks ----------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Build a modelled host (mm, KVM, secondary MMU, vCPUs) and its safety invariants.
+
+Used by the checker's scenarios here and, later, by the timed driver: the same kernel
+objects, built the same way, at different sizes.
+
+The invariants are section 4 of the kernel-semantics spec, as predicates over the
+machine's state evaluated after every step:
+
+- ``spte-coherence``: a shadow-present leaf SPTE maps the pfn the primary PTE maps (the
+  mmu_notifier contract; a fault that missed an invalidation breaks it);
+- ``spte-lost-update``: a leaf SPTE is present exactly when the last legitimate writer
+  (fault, zap) left it present, with that pfn: a clear that writes back a stale value
+  resurrects a zapped SPTE or reverts a new pfn;
+- ``spte-dirty-lost``: a D bit the hardware set stays set while the SPTE is present.
+
+Use-after-free of page-table pages, lock discipline and sleeping in atomic context are
+the substrate's own checks; the API contracts are checked at each call (designs/*).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..designs import DESIGNS, Design
+from ..kernel.hw.vcpu import Vcpu
+from ..kernel.kvm.kvm_main import Kvm, Memslot, gfn_to_hva_memslot
+from ..kernel.mm.mm import MM, PTE_PFN_SHIFT, pte_pfn, pte_present
+from ..kernel.system import System
+from ..kernel.x86.mmu import X86TdpMmu
+from ..sim import Machine
+
+HVA_BASE = 0x7F0000000000
+
+#: MMU variants modelled so far; the others are reported as not modelled, never faked.
+MODELLED_MMUS = ("x86-tdp", "x86-tdp-noad")
+
+
+class NotModelled(Exception):
+    """A design or MMU variant the model does not cover yet."""
+
+
+def make_arch(sys: System, kvm: Kvm, mmu: str, npages: int, chunk: int) -> Any:
+    if mmu == "x86-tdp":
+        return X86TdpMmu(sys, kvm, ad_enabled=True, npages=npages, chunk=chunk)
+    if mmu == "x86-tdp-noad":
+        return X86TdpMmu(sys, kvm, ad_enabled=False, npages=npages, chunk=chunk)
+    raise NotModelled(f"MMU variant {mmu!r} is not modelled yet")
+
+
+def build_system(m: Machine, design: Design | str, mmu: str, npages: int, nvcpus: int,
+                 nkvms: int = 1, mutant: str | None = None, chunk: int = 1,
+                 prefault_primary: bool = True) -> System:
+    """A host with one mm of ``npages`` pages, ``nkvms`` VMs each mapping all of it in
+    one memslot, and ``nvcpus`` vCPUs per VM, with the invariants installed."""
+    d = DESIGNS[design] if isinstance(design, str) else design
+    reason = d.applies(mmu)
+    if reason:
+        raise NotModelled(f"{d.name} does not apply to {mmu}: {reason}")
+    sys = System(m, d, mmu, npages, mutant=mutant)
+    mm = MM(sys, HVA_BASE, npages, prefault=prefault_primary)
+    sys.mm = mm
+    sys.ghost.accessed = [prefault_primary] * npages  # the host's prefault touched them
+    for k in range(nkvms):
+        kvm = Kvm(sys, mm, [Memslot(0, npages, HVA_BASE)], name=f"kvm{k}" if nkvms > 1 else "kvm")
+        kvm.arch = make_arch(sys, kvm, mmu, npages, chunk)
+        for v in range(nvcpus):
+            Vcpu(sys, kvm, v, npages)
+        kvm.register(d.notifier_ops(kvm))
+    install_invariants(sys)
+    return sys
+
+
+def prepopulate(sys: System, gfn: int, write: bool = False, young: bool = True) -> None:
+    """Set-up: every VM maps ``gfn`` to the primary's pfn, as a past fault left it."""
+    mm = sys.mm
+    for kvm in sys.kvms:
+        hva = gfn_to_hva_memslot(gfn, kvm.memslots[0])
+        t, i = mm.pte_slot(hva)
+        pte = t[i]
+        assert pte_present(pte), "prepopulate needs the primary PTE present"
+        kvm.arch.prepopulate(gfn, pte_pfn(pte), write, young)
+
+
+def install_invariants(sys: System) -> None:
+    """The SPTE invariants, vectorised over every page and re-checked only after a write
+    to a page table (primary or secondary)."""
+    m = sys.m
+    watch = ("spt", "pte")
+
+    def coherence(_: Machine) -> str | None:
+        ptes = sys.mm.ptes()
+        ppresent = (ptes & np.uint64(1)) != 0
+        ppfn = ptes >> np.uint64(PTE_PFN_SHIFT)
+        for kvm in sys.kvms:
+            _, present, spfn, _ = kvm.arch.leaf_view()
+            bad = np.flatnonzero(present & (~ppresent | (ppfn != spfn)))
+            if len(bad):
+                g = int(bad[0])
+                if not ppresent[g]:
+                    return (f"{kvm.name}: gfn {g} mapped by the secondary MMU (pfn "
+                            f"{int(spfn[g]):#x}) but not by the primary")
+                return (f"{kvm.name}: gfn {g} maps pfn {int(spfn[g]):#x} but the primary "
+                        f"maps {int(ppfn[g]):#x}")
+        return None
+
+    def lost_update(_: Machine) -> str | None:
+        for kvm in sys.kvms:
+            arch = kvm.arch
+            raw, present, pfn, _ = arch.leaf_view()
+            for g in np.flatnonzero(present):
+                g = int(g)
+                want = arch.ghost_installed.get(g)
+                if want is None:
+                    return f"{kvm.name}: gfn {g}: zapped SPTE resurrected as {int(raw[g]):#x}"
+                if int(pfn[g]) != want:
+                    return (f"{kvm.name}: gfn {g}: SPTE pfn reverted to {int(pfn[g]):#x}, "
+                            f"installed {want:#x}")
+            for g in arch.ghost_installed:
+                if not present[g]:
+                    return f"{kvm.name}: gfn {g}: installed SPTE lost (now {int(raw[g]):#x})"
+        return None
+
+    def dirty_kept(_: Machine) -> str | None:
+        for kvm in sys.kvms:
+            if not kvm.arch.ghost_dirty:
+                continue
+            _, present, _, dirty = kvm.arch.leaf_view()
+            for g in kvm.arch.ghost_dirty:
+                if present[g] and not dirty[g]:
+                    return f"{kvm.name}: gfn {g}: the hardware-set dirty bit was lost"
+        return None
+
+    m.invariant("spte-coherence", coherence, watch=watch)
+    m.invariant("spte-lost-update", lost_update, watch=watch)
+    m.invariant("spte-dirty-lost", dirty_kept, watch=watch)

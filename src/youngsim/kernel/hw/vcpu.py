@@ -1,0 +1,55 @@
+"""The guest's side: a vCPU issuing memory accesses through its TLB.
+
+A TLB hit sets nothing. A miss walks the secondary tables (the arch's ``hw_walk``),
+which sets the accessed (and, on a write, dirty) bit atomically, then caches the
+translation. An EPT/stage-2 violation exits to KVM's fault handler and the access is
+retried. Aging never flushes the TLB unless the design says so, so a page whose SPTE was
+cleared while cached can be used without setting A again: the accepted "false old".
+
+``insn`` is 1 while the vCPU is inside an instruction. A remote TLB flush waits for it
+to be 0 (the flush IPI is taken at an instruction boundary), so a walk that read an
+entry before a zap cannot refill the TLB after the flush.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+from ...sim import Op, load, store
+
+if TYPE_CHECKING:
+    from ..kvm.kvm_main import Kvm
+    from ..system import System
+
+Gen = Generator[Op, Any, Any]
+
+TLB_VALID = 1 << 0
+TLB_WRITE = 1 << 1  # the cached translation already has D set: writes need no walk
+
+
+class Vcpu:
+    def __init__(self, sys: "System", kvm: "Kvm", idx: int, npages: int) -> None:
+        self.sys = sys
+        self.kvm = kvm
+        self.idx = idx
+        self.tlb = sys.m.new_words(f"vcpu{idx}.tlb", max(npages, 1))
+        self.insn = sys.m.new_words(f"vcpu{idx}.insn", 1)
+        kvm.vcpus.append(self)
+
+
+def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
+    """One guest load or store to page ``gfn``."""
+    arch = vcpu.kvm.arch
+    yield store(vcpu.insn, 0, 1, cost="guest_insn")
+    t = yield load(vcpu.tlb, gfn, cost="tlb_lookup")
+    if t & TLB_VALID and (not write or t & TLB_WRITE):
+        sys.count("tlb_hits")
+    else:
+        while not (yield from arch.hw_walk(vcpu, gfn, write)):
+            yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
+            sys.count("vcpu_faults")
+            yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
+            yield store(vcpu.insn, 0, 1, cost="vm_entry")
+        yield store(vcpu.tlb, gfn, TLB_VALID | (TLB_WRITE if write else 0), cost="tlb_fill")
+    sys.ghost.accessed[gfn] = True
+    yield store(vcpu.insn, 0, 0, cost="guest_insn_end")

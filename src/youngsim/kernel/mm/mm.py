@@ -1,0 +1,123 @@
+"""The primary MMU: an ``mm_struct`` with one VMA, its leaf page tables, folios and rmap.
+
+PTE bits follow x86-64 (``arch/x86/include/asm/pgtable_types.h``): present bit 0, RW bit
+1, accessed bit 5, dirty bit 6, pfn from bit 12. Each leaf table holds 512 PTEs; the
+upper levels are not modelled (the primary side's tables are never freed here, so only
+the leaves matter).
+
+The rmap is the reverse map a reclaim caller walks (``folio_referenced``): for each folio
+(pfn) the address it is mapped at in this mm. One mm, one VMA: enough for a VM's memory,
+which QEMU maps once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+import numpy as np
+
+from ...sim import Op, RcuDomain, cas, fetch_and, load
+from ..system import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from ..system import System
+
+Gen = Generator[Op, Any, Any]
+
+_PAGE_PRESENT = 1 << 0
+_PAGE_RW = 1 << 1
+_PAGE_ACCESSED = 1 << 5
+_PAGE_DIRTY = 1 << 6
+PTE_PFN_SHIFT = 12
+PTRS_PER_PTE = 512
+
+#: the global SRCU domain that mmu_notifier subscriptions are walked under (``srcu`` in
+#: ``mm/mmu_notifier.c``)
+MMU_NOTIFIER_SRCU = "mmu_notifier srcu"
+
+
+def pte_present(pte: int) -> bool:
+    return bool(pte & _PAGE_PRESENT)
+
+
+def pte_young(pte: int) -> bool:
+    return bool(pte & _PAGE_ACCESSED)
+
+
+def pte_pfn(pte: int) -> int:
+    return pte >> PTE_PFN_SHIFT
+
+
+def mk_pte(pfn: int, write: bool) -> int:
+    pte = (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+    if write:
+        pte |= _PAGE_RW | _PAGE_DIRTY
+    return pte
+
+
+class MM:
+    """``struct mm_struct`` with a single anonymous/shmem VMA ``[start, start + n pages)``."""
+
+    def __init__(self, sys: "System", start: int, npages: int, prefault: bool = True) -> None:
+        self.sys = sys
+        self.start = start
+        self.npages = npages
+        self.end = start + npages * PAGE_SIZE
+        ntables = (npages + PTRS_PER_PTE - 1) // PTRS_PER_PTE
+        n = min(npages, PTRS_PER_PTE)
+        self.pte_tables = [sys.m.new_words(f"pte{i}", n if ntables == 1 else PTRS_PER_PTE,
+                                           tag="pte") for i in range(ntables)]
+        self.subscriptions: list[Any] = []  # struct mmu_notifier_subscriptions
+        self.srcu = RcuDomain(MMU_NOTIFIER_SRCU, sleepable=True)
+        self.next_pfn = 0x100  # folio allocator: pfns handed out in order
+        self.rmap: dict[int, int] = {}  # pfn -> address mapped at
+        if prefault:  # host-prefaulted guest memory (as the kernel selftests do)
+            for i in range(npages):
+                t, idx = self.pte_slot(start + i * PAGE_SIZE)
+                pfn = self.alloc_pfn(start + i * PAGE_SIZE)
+                t[idx] = mk_pte(pfn, write=True)
+
+    def ptes(self) -> "np.ndarray":
+        """Every page's primary PTE, for invariants (a plain read between steps)."""
+        return np.concatenate([t.data for t in self.pte_tables])[:self.npages]
+
+    def pte_slot(self, addr: int) -> tuple[Any, int]:
+        i = (addr - self.start) >> PAGE_SHIFT
+        return self.pte_tables[i // PTRS_PER_PTE], i % PTRS_PER_PTE
+
+    def alloc_pfn(self, addr: int) -> int:
+        """A new folio for ``addr``, entered in the rmap (thread-local bookkeeping: a fresh
+        folio is invisible to others until its PTE is published)."""
+        pfn = self.next_pfn
+        self.next_pfn += 1
+        self.rmap[pfn] = addr
+        return pfn
+
+    def mm_has_notifiers(self) -> bool:
+        return bool(self.subscriptions)
+
+    # -- the primary PTE primitives ---------------------------------------------------
+    def ptep_test_and_clear_young(self, addr: int) -> Gen:
+        """x86: ``test_and_clear_bit(_PAGE_BIT_ACCESSED)``, an atomic RMW."""
+        t, i = self.pte_slot(addr)
+        old = yield fetch_and(t, i, ~_PAGE_ACCESSED, cost="pte_clear_young")
+        return pte_young(old)
+
+    def ptep_clear_flush_young(self, addr: int) -> Gen:
+        """x86 never flushes here: "clearing the accessed bit without a TLB flush doesn't
+        cause data corruption" (``arch/x86/mm/pgtable.c``)."""
+        return (yield from self.ptep_test_and_clear_young(addr))
+
+    def handle_mm_fault(self, addr: int, write: bool) -> Gen:
+        """Fault the page in on the primary MMU if needed; return its pfn
+        (``hva_to_pfn`` -> ``get_user_pages``). The new PTE is young."""
+        t, i = self.pte_slot(addr)
+        while True:
+            pte = yield load(t, i, cost="pte_read")
+            if pte_present(pte):
+                return pte_pfn(pte)
+            pfn = self.alloc_pfn(addr)
+            old = yield cas(t, i, pte, mk_pte(pfn, write), cost="pte_install")
+            if old == pte:
+                return pfn
+            del self.rmap[pfn]

@@ -1,0 +1,131 @@
+"""``mm/vmscan.c`` (multi-gen LRU) and ``mm/rmap.c``: the callers that harvest accessed
+bits.
+
+- ``walk_pte_range``: MGLRU's page-table walk over one leaf table range (``walk_mm``).
+- ``lru_gen_look_around``: from the rmap path, age the neighbours of a young page.
+- ``folio_referenced`` -> ``folio_referenced_one``: the rmap path of classic LRU and of
+  MGLRU eviction.
+
+How a caller reaches the secondary MMU is what the designs change, so each of these asks
+the design (``designs/base.py``): ``design.mglru`` is ``"primary-only"`` (before 6.12: the
+walk and look-around never consult the secondary MMU), ``"per-page"`` (6.12+: one
+``clear_young`` notifier call per PTE examined) or ``"batched"`` (yu-v2 and reviewed:
+one test call per batch of ``MIN_LRU_BATCH`` pages and one clear call for the young ones).
+
+Every young/old decision is compared with the ghost ground truth (did the guest touch the
+page since the last decision?) and counted: ``false_old``, ``false_young``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+from ...sim import Op, load
+from ..system import PAGE_SHIFT, PAGE_SIZE
+from .mm import pte_present, pte_young
+from .mmu_notifier import ptep_clear_flush_young_notify, ptep_clear_young_notify
+
+if TYPE_CHECKING:
+    from ..system import System
+    from .mm import MM
+
+Gen = Generator[Op, Any, Any]
+
+MIN_LRU_BATCH = 64  # BITS_PER_LONG
+
+
+def decide(sys: "System", mm: "MM", addr: int, young: bool, caller: str) -> None:
+    """Record an aging decision against the ground truth, then start a new interval."""
+    gfn = (addr - mm.start) >> PAGE_SHIFT
+    truth = sys.ghost.accessed[gfn]
+    sys.count(f"{caller}_pages")
+    if young:
+        sys.count(f"{caller}_young")
+    if truth and not young:
+        sys.count("false_old")
+    elif young and not truth:
+        sys.count("false_young")
+    sys.ghost.accessed[gfn] = False
+
+
+def get_pte_pfn_ok(mm: "MM", pte: int, examine_old: bool) -> bool:
+    """``get_pte_pfn() != -1``: present, and young unless the mm has notifiers and the
+    design examines primary-old PTEs for them (6.12+)."""
+    if not pte_present(pte):
+        return False
+    return pte_young(pte) or (examine_old and mm.mm_has_notifiers())
+
+
+def walk_pte_range(sys: "System", mm: "MM", start: int, end: int) -> Gen:
+    """Age every PTE in [start, end) of one leaf table, the design's way."""
+    design = sys.design
+    if design.mglru == "batched":
+        for bstart in range(start, end, MIN_LRU_BATCH * PAGE_SIZE):
+            bend = min(end, bstart + MIN_LRU_BATCH * PAGE_SIZE)
+            yield from design.lru_gen_batch(sys, mm, bstart, bend, "walk")
+        return
+    for addr in range(start, end, PAGE_SIZE):
+        t, i = mm.pte_slot(addr)
+        pte = yield load(t, i, cost="pte_read")
+        if not get_pte_pfn_ok(mm, pte, examine_old=design.mglru == "per-page"):
+            if pte_present(pte):
+                decide(sys, mm, addr, False, "walk")
+            continue
+        if design.mglru == "per-page":
+            young = yield from ptep_clear_young_notify(mm, addr)
+        else:
+            young = yield from mm.ptep_test_and_clear_young(addr)
+        decide(sys, mm, addr, bool(young), "walk")
+
+
+def lru_gen_look_around(sys: "System", mm: "MM", addr: int, start: int, end: int) -> Gen:
+    """Age the neighbours [start, end) of a page the rmap walk found young (the page at
+    ``addr`` itself is handled by the caller). Returns nothing; decisions are counted."""
+    design = sys.design
+    for a in range(start, end, PAGE_SIZE):
+        if a == addr:
+            continue
+        t, i = mm.pte_slot(a)
+        pte = yield load(t, i, cost="pte_read")
+        if not get_pte_pfn_ok(mm, pte, examine_old=design.mglru == "per-page"):
+            continue
+        if design.mglru == "per-page":
+            young = yield from ptep_clear_young_notify(mm, a)
+        else:
+            young = yield from mm.ptep_test_and_clear_young(a)
+        decide(sys, mm, a, bool(young), "look_around")
+
+
+def folio_referenced(sys: "System", mm: "MM", pfn: int, look_around: bool = True) -> Gen:
+    """``folio_referenced`` for a folio mapped once: walk the rmap to its PTE and ask
+    ``folio_referenced_one``. Returns the number of references found."""
+    addr = mm.rmap.get(pfn)
+    if addr is None:
+        return 0
+    return (yield from folio_referenced_one(sys, mm, addr, look_around))
+
+
+def folio_referenced_one(sys: "System", mm: "MM", addr: int, look_around: bool) -> Gen:
+    design = sys.design
+    t, i = mm.pte_slot(addr)
+    pte = yield load(t, i, cost="pte_read")
+    if not pte_present(pte):
+        return 0
+    lo, hi = mm.start, mm.end  # the look-around window: the whole (small) VMA here
+    if design.mglru == "batched":
+        referenced = yield from design.should_look_around(sys, mm, addr, pte, lo, hi,
+                                                          look_around)
+    elif design.mglru == "per-page":
+        # 6.12: lru_gen_look_around() clears this page (primary + secondary) first
+        referenced = yield from ptep_clear_young_notify(mm, addr)
+        if referenced and look_around:
+            yield from lru_gen_look_around(sys, mm, addr, lo, hi)
+    else:
+        if look_around and pte_young(pte):
+            yield from lru_gen_look_around(sys, mm, addr, lo, hi)
+        if design.rmap_flush:
+            referenced = yield from ptep_clear_flush_young_notify(mm, addr)
+        else:
+            referenced = yield from ptep_clear_young_notify(mm, addr)
+    decide(sys, mm, addr, bool(referenced), "rmap")
+    return int(bool(referenced))

@@ -1,0 +1,97 @@
+"""The modelled host: one machine, its global RCU, the design and MMU variant, and the
+ghost state that invariants and accuracy counters read.
+
+*Ghost* state is bookkeeping the kernel does not have: what the guest really accessed
+since each page was last aged, and which SPTE value each legitimate writer installed.
+Model code updates it in the thread-local code right after the operation it describes
+(so it changes atomically with that operation), and only invariants and counters read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..sim import Machine, RcuDomain, Violation
+
+if TYPE_CHECKING:
+    from ..designs.base import Design
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+@dataclass
+class Ghost:
+    """Ground truth per guest page (indexed by gfn)."""
+
+    npages: int
+    #: the guest touched the page since the aging caller last decided young/old for it
+    accessed: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.accessed:
+            self.accessed = [False] * self.npages
+
+
+class System:
+    """Everything one modelled host shares: pass it to every model function."""
+
+    def __init__(self, m: Machine, design: "Design", mmu: str, npages: int,
+                 mutant: str | None = None) -> None:
+        self.m = m
+        self.design = design
+        self.mmu = mmu
+        self.rcu = RcuDomain("rcu")
+        self.ghost = Ghost(npages)
+        self.mutant = mutant
+        self.kvms: list[Any] = []
+        self.mm: Any = None
+        self._calls: dict[int, list[dict[str, Any]]] = {}
+        m.use_rcu_sched(self.rcu)
+
+    def bug(self, name: str) -> bool:
+        """Is the seeded bug ``name`` active? (``check/mutants.py``)"""
+        return self.mutant == name
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.m.count(key, n)
+
+    # -- per-call ghost records for the API-contract monitors ---------------------------
+    # A monitor opens a record around a call; the secondary MMU's code notes in every
+    # open record of the running thread what it saw young, what it cleared, which
+    # subscriber ran and which path it took. Records nest (walker, then subscriber).
+    def begin_call(self) -> dict[str, Any]:
+        t = self.m.current
+        rec: dict[str, Any] = {"young": set(), "cleared": set(), "subscribers": [],
+                               "paths": []}
+        if t is not None:
+            self._calls.setdefault(t.tid, []).append(rec)
+        return rec
+
+    def end_call(self) -> None:
+        t = self.m.current
+        if t is not None and self._calls.get(t.tid):
+            self._calls[t.tid].pop()
+
+    def _records(self) -> list[dict[str, Any]]:
+        t = self.m.current
+        return self._calls.get(t.tid, []) if t is not None else []
+
+    def ghost_seen_young(self, gfn: int) -> None:
+        for rec in self._records():
+            rec["young"].add(gfn)
+
+    def ghost_cleared(self, gfn: int) -> None:
+        """The running thread's clear removed the accessed state of ``gfn``."""
+        for rec in self._records():
+            rec["cleared"].add(gfn)
+
+    def ghost_note(self, key: str, value: Any) -> None:
+        for rec in self._records():
+            rec[key].append(value)
+
+    def contract(self, cond: Any, message: str) -> None:
+        """An API-contract check: the design's documented promise, checked at run time."""
+        if not cond:
+            raise Violation("api-contract", message)

@@ -1,0 +1,124 @@
+"""``arch/x86/kvm/mmu/mmu.c``: the x86 side of the generic hooks (``kvm_age_gfn``,
+``kvm_test_age_gfn``, ``kvm_unmap_gfn_range``) and the page-fault entry point, for the
+TDP MMU with and without A/D bits. The shadow MMU lives in ``shadow_mmu.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+import numpy as np
+
+from ...sim import Op, read_lock, read_unlock
+from ..kvm.kvm_main import (gfn_to_hva_memslot, kvm_mmu_invalidate_wait, mmu_invalidate_retry,
+                            mmu_invalidate_seq)
+from . import spte as S
+from .tdp_mmu import RET_PF_RETRY, TdpMmu
+
+if TYPE_CHECKING:
+    from ..hw.vcpu import Vcpu
+    from ..kvm.kvm_main import Kvm, KvmGfnRange
+    from ..system import System
+
+Gen = Generator[Op, Any, Any]
+
+
+class X86TdpMmu:
+    """``kvm->arch`` for a VM on the TDP MMU (``tdp_mmu_enabled``)."""
+
+    def __init__(self, sys: "System", kvm: "Kvm", ad_enabled: bool, npages: int,
+                 chunk: int = 1, leaf_entries: int = S.PT_ENTRIES) -> None:
+        self.sys = sys
+        self.kvm = kvm
+        self.tdp = TdpMmu(sys, kvm, ad_enabled, npages, chunk, leaf_entries)
+        self.name = "x86-tdp" if ad_enabled else "x86-tdp-noad"
+
+    @property
+    def ad_enabled(self) -> bool:
+        """``kvm_ad_enabled``: the run-time switch (EPT A/D bits, ``enable_ept_ad_bits``)."""
+        return self.tdp.ad
+
+    # -- hooks called by kvm_main ----------------------------------------------------
+    def kvm_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        return (yield from self.tdp.kvm_tdp_mmu_unmap_gfn_range(kvm, range))
+
+    def kvm_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        return (yield from self.age_gfn_range(kvm, range, test_only=False))
+
+    def kvm_test_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        return (yield from self.age_gfn_range(kvm, range, test_only=True))
+
+    def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
+                      should_clear: Any = None) -> Gen:
+        """Age (or test) ``range``, locked or lockless as ``range.lockless`` says.
+        ``should_clear(gfn)`` is called for every young page (it may record it) and
+        decides whether to clear it; with it a test visits every page instead of
+        stopping at the first young one."""
+        return (yield from self.tdp.age_gfn_range(
+            kvm, range, test_only=test_only,
+            accessed_volatile=self.sys.design.accessed_volatile,
+            should_clear=should_clear))
+
+    # -- vCPU side -------------------------------------------------------------------
+    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+        return (yield from self.tdp.hw_walk(gfn, write))
+
+    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+        """``kvm_mmu_page_fault`` -> ``kvm_tdp_page_fault``: fast path, then the slow
+        path under mmu_lock for read with the invalidation retry check."""
+        kvm = self.kvm
+        if (yield from self.tdp.fast_page_fault(gfn, write)):
+            return 0
+        slot = kvm.gfn_to_memslot(gfn)
+        assert slot is not None
+        mmu_seq = yield from mmu_invalidate_seq(kvm)
+        pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+        yield read_lock(kvm.mmu_lock, cost="mmu_lock_read")
+        if (yield from mmu_invalidate_retry(kvm, mmu_seq)):
+            ret = RET_PF_RETRY
+        else:
+            ret = yield from self.tdp.kvm_tdp_mmu_map(gfn, pfn, write)
+        yield read_unlock(kvm.mmu_lock, cost="mmu_lock_read_release")
+        if ret == RET_PF_RETRY:
+            yield from kvm_mmu_invalidate_wait(kvm)
+        return ret
+
+    # -- for invariants (plain reads between steps) ----------------------------------
+    def leaf_spte(self, gfn: int) -> int | None:
+        ri, li = self.tdp.split(gfn)
+        e = self.tdp.root[ri]
+        if not S.is_shadow_present_pte(e):
+            return None
+        table = self.tdp.child(e)
+        if table.freed:
+            return None
+        return table[li]
+
+    # -- the interface the checker's invariants and scenarios use ----------------------
+    @property
+    def ghost_installed(self) -> dict[int, int]:
+        return self.tdp.ghost_installed
+
+    @property
+    def ghost_dirty(self) -> set[int]:
+        return self.tdp.ghost_dirty
+
+    def leaf_view(self) -> tuple[Any, Any, Any, Any]:
+        """Per gfn: (raw leaf entries, shadow-present, pfn, dirty) as numpy arrays."""
+        sptes = self.tdp.leaf_sptes()
+        present = (sptes & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
+        pfn = (sptes & np.uint64(S.SPTE_PFN_MASK)) >> np.uint64(S.SPTE_PFN_SHIFT)
+        dirty = (sptes & np.uint64(S.shadow_dirty_mask)) != 0
+        return sptes, present, pfn, dirty
+
+    def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
+        self.tdp.prepopulate(gfn, pfn, write, young)
+
+    def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
+        """Unlink and RCU-free the leaf table ``idx`` (mmu_lock held for write)."""
+        return (yield from self.tdp.zap_leaf_table(kvm, idx))
+
+    def lockless_fast_path_ok(self) -> bool:
+        """yu-v2's ``kvm_arch_test_clear_young`` at run time: only with A/D bits (2023:
+        changing R/X bits of an access-tracked SPTE locklessly was considered unsafe)."""
+        return self.tdp.ad

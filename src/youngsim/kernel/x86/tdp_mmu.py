@@ -1,0 +1,371 @@
+"""``arch/x86/kvm/mmu/tdp_mmu.c``: the TDP MMU (EPT/NPT) of one VM.
+
+Two levels of 512-entry tables (a root whose entries point to leaf tables) stand for the
+four or five of real hardware: enough to fault tables in, unlink them, and free them
+through RCU, which is all the aging question needs.
+
+Locking, as in the kernel:
+- faults run under ``mmu_lock`` for read, inside an RCU read section, and install
+  entries with cmpxchg (``tdp_mmu_set_spte_atomic``); a failed cmpxchg retries the fault;
+- zaps run under ``mmu_lock`` for write; an unlinked table's entries are frozen
+  (``handle_removed_pt``) and the table is freed by ``call_rcu``, never at once;
+- aging runs under ``mmu_lock`` for write, or, with ``range.lockless`` (6.15's
+  ``CONFIG_KVM_MMU_LOCKLESS_AGING``), under RCU alone, clearing A/D-enabled SPTEs with an
+  atomic fetch-AND and access-tracking the others with a cmpxchg whose failure is
+  ignored.
+
+Walkers work in chunks of ``TdpMmu.chunk`` entries (one entry when checked, a whole leaf
+table when timed): a chunk is one vector operation, atomic per entry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+import numpy as np
+
+from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
+                    store, vfetch_and, vload, vstore, vxchg, xchg)
+from . import spte as S
+
+if TYPE_CHECKING:
+    from ..kvm.kvm_main import Kvm, KvmGfnRange
+    from ..system import System
+
+Gen = Generator[Op, Any, Any]
+
+RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_FIXED, RET_PF_SPURIOUS = 0, 1, 2, 3
+
+
+class TdpMmu:
+    """The TDP MMU state of one VM: its root and configuration."""
+
+    def __init__(self, sys: "System", kvm: "Kvm", ad_enabled: bool, npages: int,
+                 chunk: int = 1, leaf_entries: int = S.PT_ENTRIES) -> None:
+        self.sys = sys
+        self.kvm = kvm
+        self.ad = ad_enabled
+        self.chunk = chunk
+        self.leaf_entries = leaf_entries
+        nroot = max(1, (npages + leaf_entries - 1) // leaf_entries)
+        self.root = sys.m.new_words(f"{kvm.name}.root", nroot, tag="spt")
+        self.npages = npages
+        # ghost: the leaf value's pfn each legitimate writer installed, and the gfns whose
+        # current SPTE the hardware (or a write fault) made dirty
+        self.ghost_installed: dict[int, int] = {}
+        self.ghost_dirty: set[int] = set()
+
+    # -- geometry --------------------------------------------------------------------
+    def split(self, gfn: int) -> tuple[int, int]:
+        return gfn // self.leaf_entries, gfn % self.leaf_entries
+
+    def segments(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """[start, end) as (root index, first leaf index, end leaf index) per leaf table."""
+        out = []
+        g = start
+        while g < end:
+            ri, li = self.split(g)
+            hi = min(self.leaf_entries, li + (end - g))
+            out.append((ri, li, hi))
+            g += hi - li
+        return out
+
+    def child(self, nonleaf: int) -> Any:
+        return self.sys.m.deref(S.spte_to_pfn(nonleaf) << S.PAGE_SHIFT)
+
+    def gfn_of(self, ri: int, li: int) -> int:
+        return ri * self.leaf_entries + li
+
+    # -- ghost bookkeeping ----------------------------------------------------------
+    def _ghost_install(self, gfn: int, spte: int) -> None:
+        self.ghost_installed[gfn] = S.spte_to_pfn(spte)
+        self.ghost_dirty.discard(gfn)
+
+    def _ghost_zap(self, gfn: int, old: int, why: str) -> None:
+        self.ghost_installed.pop(gfn, None)
+        self.ghost_dirty.discard(gfn)
+        if S.is_accessed_spte(old):
+            self.sys.count(why)
+
+    def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
+        """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""
+        ri, li = self.split(gfn)
+        e = self.root[ri]
+        if not S.is_shadow_present_pte(e):
+            sp = self.sys.m.new_words(f"sp{ri}", self.leaf_entries, tag="spt")
+            e = S.make_nonleaf_spte(sp.addr, self.ad)
+            self.root[ri] = e
+        spte = S.make_spte(pfn, writable=True, ad_enabled=self.ad, prefetch=not young)
+        if write and self.ad:
+            spte |= S.shadow_dirty_mask
+        self.child(e)[li] = spte
+        self._ghost_install(gfn, spte)
+        if write and self.ad:
+            self.ghost_dirty.add(gfn)
+
+    def leaf_sptes(self) -> np.ndarray:
+        """Every gfn's current leaf SPTE (0 where no live table maps it): a plain read
+        for invariants, between steps."""
+        out = np.zeros(self.npages, dtype=np.uint64)
+        for ri in range(len(self.root)):
+            e = self.root[ri]
+            if not S.is_shadow_present_pte(e):
+                continue
+            table = self.child(e)
+            if table.freed:
+                continue
+            lo = ri * self.leaf_entries
+            n = min(self.leaf_entries, self.npages - lo)
+            out[lo:lo + n] = table.data[:n]
+        return out
+
+    # -- vCPU fault path (kvm_tdp_mmu_map) -------------------------------------------
+    def kvm_tdp_mmu_map(self, gfn: int, pfn: int, write: bool) -> Gen:
+        """Install the translation for ``gfn``; caller holds mmu_lock for read."""
+        m = self.sys.m
+        m.lockdep_assert_held(self.kvm.mmu_lock, write=False)
+        yield rcu_read_lock(self.sys.rcu, cost="rcu_read_lock")
+        ret = yield from self._map(gfn, pfn, write)
+        yield rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock")
+        return ret
+
+    def _map(self, gfn: int, pfn: int, write: bool) -> Gen:
+        ri, li = self.split(gfn)
+        e = yield load(self.root, ri, cost="spte_read")
+        if S.is_frozen_spte(e):
+            return RET_PF_RETRY
+        if not S.is_shadow_present_pte(e):
+            sp = yield alloc(f"sp{ri}", self.leaf_entries, tag="spt", cost="sp_alloc")  # tdp_mmu_alloc_sp
+            new = S.make_nonleaf_spte(sp.addr, self.ad)
+            old = yield cas(self.root, ri, e, new, cost="spte_cmpxchg")  # tdp_mmu_link_sp
+            if old != e:
+                yield free(sp)  # never published: freed at once (tdp_mmu_free_sp)
+                return RET_PF_RETRY
+            e = new
+        table = self.child(e)
+        old = yield load(table, li, cost="spte_read")
+        if S.is_frozen_spte(old):
+            return RET_PF_RETRY
+        if S.hw_present(old) and (not write or old & S.VMX_EPT_WRITABLE):
+            return RET_PF_SPURIOUS
+        new = S.make_spte(pfn, writable=True, ad_enabled=self.ad)
+        if write and self.ad:
+            new |= S.shadow_dirty_mask
+        r = yield cas(table, li, old, new, cost="spte_cmpxchg")  # tdp_mmu_set_spte_atomic
+        if r != old:
+            return RET_PF_RETRY
+        self._ghost_install(gfn, new)
+        if write and self.ad:
+            self.ghost_dirty.add(gfn)
+        return RET_PF_FIXED
+
+    def fast_page_fault(self, gfn: int, write: bool) -> Gen:
+        """Lockless fix of an access-tracked SPTE (``fast_page_fault``): restore the saved
+        R/X bits with a cmpxchg. Returns True if the fault was fixed."""
+        if self.ad:
+            return False  # page_fault_can_be_fast(): a non-present fault with A/D is slow
+        yield rcu_read_lock(self.sys.rcu, cost="rcu_read_lock")
+        fixed = False
+        ri, li = self.split(gfn)
+        e = yield load(self.root, ri, cost="spte_read")
+        if S.is_shadow_present_pte(e):
+            table = self.child(e)
+            old = yield load(table, li, cost="spte_read")
+            if (S.is_shadow_present_pte(old) and S.is_access_track_spte(old)
+                    and not write):
+                new = S.restore_acc_track_spte(old)
+                r = yield cas(table, li, old, new, cost="spte_cmpxchg")
+                fixed = r == old
+        yield rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock")
+        return fixed
+
+    # -- hardware ---------------------------------------------------------------------
+    def hw_walk(self, gfn: int, write: bool) -> Gen:
+        """The CPU's EPT walk on a TLB miss: sets A (and D on write) with an atomic update
+        if A/D bits are on. False means an EPT violation (the vCPU exits to KVM)."""
+        ri, li = self.split(gfn)
+        e = yield load(self.root, ri, cost="hw_walk")
+        if not S.hw_present(e):
+            return False
+        table = self.child(e)
+        while True:
+            s = yield load(table, li, cost="hw_walk")
+            if not S.hw_present(s) or (write and not s & S.VMX_EPT_WRITABLE):
+                return False
+            if not S.spte_ad_enabled(s):
+                return True
+            new = s | S.shadow_accessed_mask | (S.shadow_dirty_mask if write else 0)
+            if new == s:
+                return True
+            old = yield cas(table, li, s, new, cost="hw_ad_update")
+            if old == s:
+                if write:
+                    self.ghost_dirty.add(gfn)
+                return True
+
+    # -- zapping (mmu_lock held for write) ------------------------------------------
+    def kvm_tdp_mmu_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        """``tdp_mmu_zap_leafs``: make every leaf SPTE in the range non-present."""
+        m = self.sys.m
+        m.lockdep_assert_held(kvm.mmu_lock, write=True)
+        flush = False
+        yield rcu_read_lock(self.sys.rcu, cost="rcu_read_lock")
+        for ri, lo, hi in self.segments(range.start, range.end):
+            e = yield load(self.root, ri, cost="spte_read")
+            if not S.is_shadow_present_pte(e):
+                continue
+            table = self.child(e)
+            for clo in range_chunks(lo, hi, self.chunk):
+                vals = yield vload(table, clo[0], clo[1], cost="spte_read")
+                present = _vec(S.is_shadow_present_pte, vals)
+                if not present.any():
+                    continue
+                # kvm_tdp_mmu_write_spte: xchg so no concurrent A/D update is lost
+                old = yield vxchg(table, clo[0], clo[1], 0, select=present,
+                                  cost="spte_zap")
+                for k in np.flatnonzero(present):
+                    self._ghost_zap(self.gfn_of(ri, clo[0] + int(k)), int(old[k]),
+                                    "young_dropped_at_zap")
+                flush = True
+        yield rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock")
+        return flush
+
+    def zap_leaf_table(self, kvm: "Kvm", ri: int) -> Gen:
+        """Unlink and free one leaf table (``tdp_mmu_zap_sp``-like): write the parent entry,
+        freeze every child entry (``handle_removed_pt``), free the table after an RCU grace
+        period. Returns True if a table was zapped (the caller must flush TLBs)."""
+        m = self.sys.m
+        m.lockdep_assert_held(kvm.mmu_lock, write=True)
+        e = yield load(self.root, ri, cost="spte_read")
+        if not S.is_shadow_present_pte(e):
+            return False
+        yield store(self.root, ri, 0, cost="spte_write")
+        base = self.gfn_of(ri, 0)
+        for g in range(base, min(base + self.leaf_entries, self.npages)):
+            self.ghost_installed.pop(g, None)  # unlinked: no longer mapped
+            self.ghost_dirty.discard(g)
+        table = self.child(e)
+        old = yield vxchg(table, 0, len(table), S.FROZEN_SPTE, cost="spte_zap")
+        self.sys.count("tables_zapped")
+        for k in np.flatnonzero(_vec(S.is_accessed_spte, old)):
+            self.sys.count("young_dropped_at_zap")
+        if self.sys.bug("free-without-grace-period"):
+            yield free(table)
+        else:
+            yield call_rcu(self.sys.rcu, tdp_mmu_free_sp_rcu_callback, table)
+        return True
+
+    # -- aging ------------------------------------------------------------------------
+    def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
+                      accessed_volatile: bool, should_clear: Any = None) -> Gen:
+        """``__kvm_tdp_mmu_age_gfn_range``: test (and unless ``test_only`` clear) the
+        accessed state of every leaf SPTE in the range. Returns whether any was young.
+
+        ``should_clear(gfn)``, if given, decides per young page whether to clear it (the
+        batched designs' predicate); every young page is still recorded as seen.
+
+        ``accessed_volatile``: locked writers treat the A bit as volatile (before 6.15)
+        and clear it atomically when hardware could change the SPTE meanwhile; from 6.15
+        a plain write may be used (and clobber a lockless clear: counted, tolerated)."""
+        sys = self.sys
+        if not range.lockless:
+            sys.m.lockdep_assert_held(kvm.mmu_lock, write=True)
+        young = False
+        in_rcu = True
+        yield rcu_read_lock(sys.rcu, cost="rcu_read_lock")
+        for ri, lo, hi in self.segments(range.start, range.end):
+            e = yield load(self.root, ri, cost="spte_read")
+            if not S.is_shadow_present_pte(e):
+                continue
+            table = self.child(e)
+            if sys.bug("rcu-unlock-early") and range.lockless and in_rcu:
+                # the seeded bug: "RCU only protects the walk down to the leaf table"
+                yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
+                in_rcu = False
+            for clo, chi in range_chunks(lo, hi, self.chunk):
+                vals = yield vload(table, clo, chi, cost="spte_read")
+                acc = _vec(S.is_accessed_spte, vals)
+                if not acc.any():
+                    continue
+                young = True
+                for k in np.flatnonzero(acc):
+                    sys.ghost_seen_young(self.gfn_of(ri, clo + int(k)))
+                if should_clear is not None:
+                    # called for every young page, in test mode too (it may record it)
+                    sel = np.zeros(len(acc), dtype=bool)
+                    for k in np.flatnonzero(acc):
+                        sel[k] = bool(should_clear(self.gfn_of(ri, clo + int(k))))
+                    acc = acc & sel
+                elif test_only:
+                    break  # kvm_test_age_gfn: the first young SPTE answers
+                if test_only or not acc.any():
+                    continue
+                yield from self._age_chunk(table, ri, clo, chi, vals, acc, range.lockless,
+                                           accessed_volatile)
+            if young and test_only and should_clear is None:
+                break
+        if in_rcu:
+            yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
+        return young
+
+    def _age_chunk(self, table: Any, ri: int, lo: int, hi: int, vals: np.ndarray,
+                   acc: np.ndarray, lockless: bool, accessed_volatile: bool) -> Gen:
+        sys = self.sys
+        ad = _vec(S.spte_ad_enabled, vals) & acc
+        noad = acc & ~ad
+        if ad.any():
+            if sys.bug("plain-store-clear") and lockless:
+                # the seeded bug: write back the value read earlier, minus A
+                yield vstore(table, lo, vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
+                             select=ad, cost="spte_write")
+                old = vals
+            elif lockless or accessed_volatile:
+                # tdp_mmu_clear_spte_bits_atomic: atomic64_fetch_and
+                old = yield vfetch_and(table, lo, hi, ~S.shadow_accessed_mask, select=ad,
+                                       cost="spte_clear_young")
+            else:
+                # tdp_mmu_clear_spte_bits with a non-volatile SPTE: a plain write
+                yield vstore(table, lo, vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
+                             select=ad, cost="spte_write")
+                old = vals
+            for k in np.flatnonzero(ad):
+                if int(old[k]) & S.shadow_accessed_mask:
+                    sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+        if lockless and noad.any() and not sys.design.lockless_access_tracking:
+            sys.contract(False, f"{sys.design.name}: the lockless path met an A/D-disabled"
+                         " SPTE; it must have reported failure so the caller falls back")
+        for k in np.flatnonzero(noad):
+            v = int(vals[k])
+            new = S.mark_spte_for_access_track(v)
+            if lockless:
+                # cmpxchg; on failure leave it: "the access was most likely recent"
+                r = yield cas(table, lo + int(k), v, new, cost="spte_cmpxchg")
+                if r == v:
+                    sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+            else:
+                sys.m.lockdep_assert_held(self.kvm.mmu_lock, write=True)
+                yield xchg(table, lo + int(k), new, cost="spte_write")
+                sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+
+
+def tdp_mmu_free_sp_rcu_callback(table: Any) -> Gen:
+    yield free(table, cost="sp_free")
+
+
+def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
+
+
+def _vec(fn: Any, vals: np.ndarray) -> np.ndarray:
+    """Apply an SPTE predicate to a chunk (numpy vectorised for the common cases)."""
+    if fn is S.is_shadow_present_pte:
+        return (vals & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
+    if fn is S.spte_ad_enabled:
+        return (vals & np.uint64(S.SPTE_AD_ENABLED)) != 0
+    if fn is S.is_accessed_spte:
+        present = (vals & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
+        ad = (vals & np.uint64(S.SPTE_AD_ENABLED)) != 0
+        a = (vals & np.uint64(S.shadow_accessed_mask)) != 0
+        hwp = (vals & np.uint64(S.VMX_EPT_RWX_MASK)) != 0
+        return present & np.where(ad, a, hwp)
+    return np.array([fn(int(v)) for v in vals], dtype=bool)

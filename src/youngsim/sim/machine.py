@@ -57,7 +57,7 @@ def WARN_ON(cond: Any, message: str = "WARN_ON", kind: str = "warn") -> bool:
 
 class Thread:
     __slots__ = ("tid", "name", "gen", "pending", "done", "result", "locks", "atomic",
-                 "steps", "loc", "daemon")
+                 "steps", "loc", "daemon", "readers", "nalloc")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
@@ -68,6 +68,8 @@ class Thread:
         self.result: Any = None
         self.locks: list[tuple[Lock, int]] = []  # held locks with their mode
         self.atomic = 0  # spinning locks held + non-sleepable RCU read sections
+        self.readers = 0  # open RCU and SRCU read sections
+        self.nalloc = 0  # objects this thread allocated (for deterministic addresses)
         self.steps = 0
         self.loc: str = ""
         self.daemon = False
@@ -137,6 +139,17 @@ class Machine:
         """Create and register a shared array; its ``addr`` can be stored in a word."""
         w = Words(name, n, init, tag)
         w.addr = self.ADDR_BASE * (len(self.objects) + 1)
+        self.objects[w.addr] = w
+        return w
+
+    def _alloc(self, t: Thread, name: str, n: int, init: int, tag: str | None) -> Words:
+        """A run-time allocation. Its address depends only on the allocating thread and
+        how many objects that thread allocated before, never on the interleaving, so
+        allocations by different threads really commute (as ``alloc``'s empty
+        footprint claims)."""
+        t.nalloc += 1
+        w = Words(name, n, init, tag)
+        w.addr = ((t.tid + 1) << 40) | (t.nalloc * self.ADDR_BASE)
         self.objects[w.addr] = w
         return w
 
@@ -229,6 +242,11 @@ class Machine:
             self._record(t, op, None)
             self.violation = v
             return
+        except Exception as e:  # bad operation arguments from model code: an oops
+            self._record(t, op, None)
+            self.violation = Violation(
+                "exception", f"{op.describe()}: {type(e).__name__}: {e}", tid)
+            return
         if t.pending is not op:  # blocked: the op was replaced by its wait phase
             self._record(t, op, None)
         else:
@@ -302,9 +320,9 @@ class Machine:
         if t.locks:
             names = ", ".join(lk.name for lk, _ in t.locks)
             self.violation = Violation("lock-leak", f"{t.name} exited holding {names}", t.tid)
-        elif t.atomic:
+        elif t.readers:
             self.violation = Violation(
-                "rcu-leak", f"{t.name} exited inside an RCU read section", t.tid)
+                "rcu-leak", f"{t.name} exited inside an RCU or SRCU read section", t.tid)
 
     def _check_invariants(self, op: Op) -> None:
         tag = op.obj.tag if (op.write and type(op.obj) is Words) else None
@@ -337,6 +355,8 @@ class Machine:
                 raise self._uaf(t, op)
             d = w.data
             i = op.lo
+            if not 0 <= i < len(d):
+                raise Violation("exception", f"{op.describe()}: index out of range")
             if k == O.LOAD or k == O.WAIT:
                 return int(d[i])
             old = int(d[i])
@@ -363,7 +383,7 @@ class Machine:
             return self._execute_vector(t, op)
         if k == O.ALLOC:
             n, init, tag = op.b
-            return self.new_words(op.a, n, init, tag)
+            return self._alloc(t, op.a, n, init, tag)
         if k in (O.LOCK, O.READ_LOCK, O.WRITE_LOCK):
             lock: Lock = op.obj
             mode = READ if k == O.READ_LOCK else EXCL
@@ -400,6 +420,7 @@ class Machine:
         if k == O.RCU_READ_LOCK:
             dom: RcuDomain = op.obj
             dom.read_lock(tid)
+            t.readers += 1
             if not dom.sleepable:
                 t.atomic += 1
             return None
@@ -408,6 +429,7 @@ class Machine:
             err = dom.read_unlock(tid)
             if err:
                 raise Violation("rcu-misuse", f"{t.name}: {err}")
+            t.readers -= 1
             if not dom.sleepable:
                 t.atomic -= 1
             return None
@@ -447,6 +469,8 @@ class Machine:
         w: Words = op.obj
         if w.freed:
             raise self._uaf(t, op)
+        if not 0 <= op.lo <= op.hi <= len(w.data):
+            raise Violation("exception", f"{op.describe()}: range out of bounds")
         view = w.data[op.lo:op.hi]
         k = op.kind
         if k == O.VLOAD:

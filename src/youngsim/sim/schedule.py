@@ -13,6 +13,7 @@ without preemption (see ``explore.run_schedule``).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -47,11 +48,14 @@ def decode_schedule(text: str) -> list[int]:
         return []
     out: list[int] = []
     for part in text.split("."):
-        tid, _, rep = part.partition("*")
-        if not tid.isdigit() or (rep and not rep.isdigit()):
-            raise ReplayError(f"bad schedule element {part!r} (expected ID or ID*N)")
-        out.extend([int(tid)] * (int(rep) if rep else 1))
+        mt = _ELEMENT.fullmatch(part)
+        if mt is None:
+            raise ReplayError(f"bad schedule element {part!r} (expected ID or ID*N, N >= 1)")
+        out.extend([int(mt.group(1))] * (int(mt.group(2)) if mt.group(2) else 1))
     return out
+
+
+_ELEMENT = re.compile(r"([0-9]+)(?:\*([1-9][0-9]*))?", re.ASCII)
 
 
 def replay_string(key: str, schedule: list[int], seed: int = 0) -> str:
@@ -65,7 +69,7 @@ def parse_replay(text: str) -> tuple[str, list[int], int]:
         raise ReplayError(
             f"not a replay string: {text!r} (expected {VERSION}:PROGRAM:sSEED:SCHEDULE)")
     key, seed_s, sched = parts[1], parts[2], parts[3]
-    if not (seed_s.startswith("s") and seed_s[1:].isdigit()):
+    if re.fullmatch(r"s[0-9]+", seed_s, re.ASCII) is None:
         raise ReplayError(f"bad seed field {seed_s!r} in replay string (expected sN)")
     return key, decode_schedule(sched), int(seed_s[1:])
 

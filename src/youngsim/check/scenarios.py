@@ -13,6 +13,9 @@ age-zap        a vCPU writes a mapped page while the walk ages and a zapper unma
 rmap           folio_referenced with look-around on one page while a vCPU reads a
                neighbour and a zapper zaps the leaf table
 two-vms        two VMs subscribed to one mm; the walk ages pages young in both
+bitmap         the walk alone over 4 pages: young, young but outside the reclaim scope,
+               young, old (the batched designs' bitmap offsets and predicate)
+fault-unmap    a vCPU faults a page in while it is unmapped (the invalidation retry)
 =============  ==========================================================================
 """
 
@@ -120,12 +123,30 @@ def _two_vms(m: Machine, design: str, mmu: str, mutant: str | None) -> System:
     return sys
 
 
+def _bitmap(m: Machine, design: str, mmu: str, mutant: str | None) -> System:
+    sys = build_system(m, design, mmu, npages=4, nvcpus=1, mutant=mutant)
+    for g in range(4):
+        prepopulate(sys, g, write=False, young=g != 3)
+    sys.mm.out_of_scope.add(sys.mm.start + 1 * PAGE_SIZE)
+    m.spawn(mglru_walk, sys, name="mglru")
+    return sys
+
+
+def _fault_unmap(m: Machine, design: str, mmu: str, mutant: str | None) -> System:
+    sys = build_system(m, design, mmu, npages=1, nvcpus=1, mutant=mutant)
+    m.spawn(vcpu_thread, sys, 0, 0, [(0, False)], name="vcpu0")
+    m.spawn(unmapper, sys, 0, name="unmapper")
+    return sys
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("fault-age", "a vCPU faults pages in while MGLRU's walk ages them", _fault_age),
     Scenario("age-zap", "walk ages while a vCPU writes and a zapper unmaps and frees a table",
              _age_zap),
     Scenario("rmap", "folio_referenced + look-around against a vCPU and a table zap", _rmap),
     Scenario("two-vms", "two VMs on one mm: every subscriber is aged", _two_vms),
+    Scenario("bitmap", "the walk over young, out-of-scope and old pages", _bitmap),
+    Scenario("fault-unmap", "a fault races with an unmap of the same page", _fault_unmap),
 )}
 
 

@@ -187,7 +187,7 @@ def lru_gen_batch(sys: "System", mm: "MM", start: int, end: int, caller: str,
             continue
         t, i = mm.pte_slot(addr)
         pte = yield load(t, i, cost="pte_read")
-        if not pte_present(pte):
+        if not pte_present(pte) or not mm.in_reclaim_scope(addr):
             continue  # must not be aged: not in the predicate
         predicate.set_bit(mmu_notifier_range_bit(start, addr))
         y = False

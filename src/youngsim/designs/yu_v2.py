@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Generator
 from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, hva_to_gfn_memslot,
                                    gfn_to_hva_memslot, kvm_mmu_notifier_ops,
                                    mmu_notifier_to_kvm)
+from ..kernel.mm.mm import pte_present, pte_young
 from ..kernel.mm.mmu_notifier import MmuNotifierOps
-from ..kernel.mm.vmscan import MIN_LRU_BATCH, decide
+from ..kernel.mm.vmscan import MIN_LRU_BATCH, decide, lru_gen_look_around
 from ..kernel.system import PAGE_SHIFT, PAGE_SIZE
 from ..sim import Op, load, rcu_read_lock, rcu_read_unlock
 from .base import Design
@@ -226,8 +227,7 @@ def lru_gen_batch(sys: "System", mm: "MM", start: int, end: int, caller: str,
             continue
         t, i = mm.pte_slot(addr)
         pte = yield load(t, i, cost="pte_read")
-        from ..kernel.mm.mm import pte_present, pte_young
-        if not pte_present(pte):
+        if not pte_present(pte) or not mm.in_reclaim_scope(addr):
             bitmap.clear_bit(off)  # must not be aged: keep its accessed bit
             continue
         young = False
@@ -253,8 +253,6 @@ def should_look_around(sys: "System", mm: "MM", addr: int, pte: int, lo: int, hi
                        look_around: bool) -> Gen:
     """Clear the faulting page (primary, then secondary with ``clear_young``); look
     around on behalf of the secondary MMU only if its fast path ran."""
-    from ..kernel.mm.mm import pte_young
-    from ..kernel.mm.vmscan import lru_gen_look_around
     young = yield from mm.ptep_test_and_clear_young(addr)
     ret = yield from mmu_notifier_clear_young(sys, mm, addr, addr + PAGE_SIZE)
     if look_around:

@@ -139,7 +139,7 @@ def __kvm_handle_hva_range(kvm: Kvm, range: KvmHvaRange) -> Gen:
         found = True
         if not locked:
             locked = True
-            if not range.lockless:
+            if not range.lockless and not kvm.sys.bug("locked-fallback-forgets-lock"):
                 yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")  # KVM_MMU_LOCK(kvm)
             if range.on_lock is not None:
                 yield from range.on_lock(kvm)
@@ -149,7 +149,7 @@ def __kvm_handle_hva_range(kvm: Kvm, range: KvmHvaRange) -> Gen:
             break
     if range.flush_on_ret and ret:
         yield from kvm_flush_remote_tlbs(kvm)
-    if locked and not range.lockless:
+    if locked and not range.lockless and not kvm.sys.bug("locked-fallback-forgets-lock"):
         yield write_unlock(kvm.mmu_lock, cost="mmu_lock_write_release")
     yield rcu_read_unlock(kvm.srcu, cost="srcu_read_unlock")
     return ret, found

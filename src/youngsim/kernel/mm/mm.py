@@ -71,6 +71,9 @@ class MM:
         self.srcu = RcuDomain(MMU_NOTIFIER_SRCU, sleepable=True)
         self.next_pfn = 0x100  # folio allocator: pfns handed out in order
         self.rmap: dict[int, int] = {}  # pfn -> address mapped at
+        #: pages whose folio is outside the reclaim scope (another memcg): the aging
+        #: walk must leave them alone (``get_pfn_folio`` returns NULL)
+        self.out_of_scope: set[int] = set()
         if prefault:  # host-prefaulted guest memory (as the kernel selftests do)
             for i in range(npages):
                 t, idx = self.pte_slot(start + i * PAGE_SIZE)
@@ -92,6 +95,9 @@ class MM:
         self.next_pfn += 1
         self.rmap[pfn] = addr
         return pfn
+
+    def in_reclaim_scope(self, addr: int) -> bool:
+        return addr not in self.out_of_scope
 
     def mm_has_notifiers(self) -> bool:
         return bool(self.subscriptions)

@@ -68,9 +68,11 @@ def walk_pte_range(sys: "System", mm: "MM", start: int, end: int) -> Gen:
         t, i = mm.pte_slot(addr)
         pte = yield load(t, i, cost="pte_read")
         if not get_pte_pfn_ok(mm, pte, examine_old=design.mglru == "per-page"):
-            if pte_present(pte):
+            if pte_present(pte) and mm.in_reclaim_scope(addr):
                 decide(sys, mm, addr, False, "walk")
             continue
+        if not mm.in_reclaim_scope(addr):
+            continue  # get_pfn_folio() == NULL
         if design.mglru == "per-page":
             young = yield from ptep_clear_young_notify(mm, addr)
         else:
@@ -88,6 +90,8 @@ def lru_gen_look_around(sys: "System", mm: "MM", addr: int, start: int, end: int
         t, i = mm.pte_slot(a)
         pte = yield load(t, i, cost="pte_read")
         if not get_pte_pfn_ok(mm, pte, examine_old=design.mglru == "per-page"):
+            continue
+        if not mm.in_reclaim_scope(a):
             continue
         if design.mglru == "per-page":
             young = yield from ptep_clear_young_notify(mm, a)

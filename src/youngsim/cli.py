@@ -13,7 +13,7 @@ from typing import NoReturn, Sequence
 
 from .check.examples import EXAMPLES
 from .check.registry import UnknownProgram, resolve
-from .check.runner import SearchOptions, check, render
+from .check.runner import SearchOptions, check, render, render_counters
 from .sim.schedule import ReplayError, parse_replay, step_table
 from .sim.explore import run_schedule
 
@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check every built-in example against its expected verdict"
                            " (the default)")
     what.add_argument("--list-examples", action="store_true", help="list built-in examples")
+    what.add_argument("--design", metavar="D",
+                      help="check the kernel model of design D (needs --mmu)")
+    what.add_argument("--all", action="store_true",
+                      help="every design on every MMU variant: the verdict matrix")
+    what.add_argument("--list-models", action="store_true",
+                      help="list designs, MMU variants and scenarios")
+    c.add_argument("--mmu", metavar="M", help="secondary MMU variant (with --design)")
+    c.add_argument("--scenario", metavar="S",
+                   help="one built-in scenario (default: all of them)")
+    c.add_argument("--budget", type=_pos_int, default=None, metavar="N",
+                   help="executions per search attempt for model checks without an explicit"
+                        " search option (default 4000; see docs/checker.md)")
+    c.add_argument("--jobs", type=_pos_int, default=None, metavar="N",
+                   help="worker processes for --all (default: one per CPU)")
     how = c.add_mutually_exclusive_group()
     how.add_argument("--bound", type=_nonneg_int, metavar="N",
                      help="DPOR bounded to at most N preemptions")
@@ -80,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a systematic search after N executions (verdict: bounded)")
     c.add_argument("--time-limit", type=_pos_float, metavar="SECONDS",
                    help="stop a search after this long (verdict: bounded)")
+
+    mu = sub.add_parser("mutants", help="run every seeded bug; fail if one survives")
+    mu.add_argument("--only", metavar="NAME", action="append",
+                    help="run only this mutant (repeatable)")
+    mu.add_argument("--list", action="store_true", help="list the mutants")
 
     r = sub.add_parser("replay", help="re-run a counterexample from its replay string")
     r.add_argument("string", help="the replay string a violation printed (ys1:...)")
@@ -103,6 +122,12 @@ def cmd_check(a: argparse.Namespace) -> int:
             exp = "violation" if prog.expect_violation else "clean"
             print(f"{name.ljust(width)}  expect {exp.ljust(9)}  {prog.description}")
         return 0
+    if a.list_models:
+        return _list_models()
+    if a.all:
+        return _check_all(a)
+    if a.design is not None or a.mmu is not None or a.scenario is not None:
+        return _check_model(a)
     opts = _options(a)
     if a.example is not None:
         if a.example not in EXAMPLES:
@@ -126,6 +151,111 @@ def cmd_check(a: argparse.Namespace) -> int:
     total = len(EXAMPLES)
     print(f"{total - mismatches}/{total} examples gave their expected verdict")
     return 1 if mismatches else 0
+
+
+def _explicit_search(a: argparse.Namespace) -> bool:
+    return (a.bound is not None or a.pct is not None or a.random is not None or a.naive
+            or a.max_executions is not None or a.time_limit is not None)
+
+
+def _list_models() -> int:
+    from .check.model import MODELLED_MMUS
+    from .check.scenarios import SCENARIOS
+    from .designs import DESIGNS, MMU_VARIANTS
+
+    print("designs:")
+    for d in DESIGNS.values():
+        print(f"  {d.name.ljust(16)} {d.summary}")
+    print("MMU variants:")
+    for mmu in MMU_VARIANTS:
+        state = "" if mmu in MODELLED_MMUS else "  (not modelled yet)"
+        print(f"  {mmu}{state}")
+    print("scenarios:")
+    for sc in SCENARIOS.values():
+        print(f"  {sc.name.ljust(12)} {sc.description}")
+    return 0
+
+
+def _check_model(a: argparse.Namespace) -> int:
+    from .check.matrix import DEFAULT_BUDGET, check_scenario
+    from .check.model import NotModelled
+    from .check.scenarios import SCENARIOS, program
+    from .designs import DESIGNS, MMU_VARIANTS
+
+    if a.design is None or a.mmu is None:
+        raise UsageError("--design and --mmu go together (see youngsim check --list-models)")
+    if a.design not in DESIGNS:
+        raise UsageError(f"unknown design {a.design!r} (known: {', '.join(DESIGNS)})")
+    if a.mmu not in MMU_VARIANTS:
+        raise UsageError(f"unknown MMU variant {a.mmu!r} (known: {', '.join(MMU_VARIANTS)})")
+    if a.scenario is not None and a.scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {a.scenario!r} (known: {', '.join(SCENARIOS)})")
+    reason = DESIGNS[a.design].applies(a.mmu)
+    if reason:
+        print(f"{a.design} on {a.mmu}: not applicable: {reason}")
+        return 0
+    names = [a.scenario] if a.scenario else list(SCENARIOS)
+    violations = 0
+    try:
+        for name in names:
+            if _explicit_search(a):
+                out = check(program(a.design, a.mmu, name), _options(a))
+                print(render(out))
+                violations += not out.ok
+                continue
+            v = check_scenario(a.design, a.mmu, name, a.budget or DEFAULT_BUDGET)
+            print(f"model/{a.design}/{a.mmu}/{name}: {v.status.upper()}"
+                  + (f" {v.violation}" if v.violation else ""))
+            print(f"  {v.guarantee}")
+            for line in render_counters(v.counters):
+                print(line + " (summed over explored executions)")
+            if v.table:
+                print("\n".join("  " + ln for ln in v.table.splitlines()))
+                print(f"  replay: youngsim replay {v.replay}")
+            violations += v.status == "violation"
+    except NotModelled as e:
+        raise UsageError(str(e)) from None
+    return 1 if violations else 0
+
+
+def _check_all(a: argparse.Namespace) -> int:
+    from .check.matrix import DEFAULT_BUDGET, render_matrix, run_matrix
+
+    cells = run_matrix(budget=a.budget or DEFAULT_BUDGET, jobs=a.jobs)
+    print(render_matrix(cells))
+    return 1 if any(c.status == "violation" for c in cells) else 0
+
+
+def cmd_mutants(a: argparse.Namespace) -> int:
+    from .check.mutants import MUTANTS, run_mutant
+
+    if a.list:
+        for m in MUTANTS.values():
+            print(f"{m.name.ljust(28)} {m.design} on {m.mmu}, scenario {m.scenario}")
+            print(f"{'':28} {m.description} ({m.where})")
+        return 0
+    names = a.only or list(MUTANTS)
+    for n in names:
+        if n not in MUTANTS:
+            raise UsageError(f"unknown mutant {n!r} (see youngsim mutants --list)")
+    survived = 0
+    times = []
+    for n in names:
+        r = run_mutant(MUTANTS[n])
+        times.append(r.seconds)
+        if r.caught and r.outcome is not None:
+            v = r.outcome.result.violation
+            print(f"CAUGHT   {n} in {r.seconds:.2f} s: {v}")
+            print(f"         replay: youngsim replay {r.outcome.replay}")
+        else:
+            survived += 1
+            why = r.error or (r.outcome.result.guarantee if r.outcome else "")
+            print(f"SURVIVED {n} ({r.seconds:.2f} s): {why}")
+    times.sort()
+    median = times[len(times) // 2] if times else 0.0
+    print(f"{len(names) - survived}/{len(names)} mutants caught; median time to catch "
+          f"{median:.2f} s, slowest {max(times, default=0.0):.2f} s")
+    return 1 if survived else 0
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
@@ -152,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("missing command (try: youngsim check)")
         if a.command == "check":
             return cmd_check(a)
+        if a.command == "mutants":
+            return cmd_mutants(a)
         return cmd_replay(a)
     except UsageError as e:
         print(f"youngsim: error: {e}", file=sys.stderr)

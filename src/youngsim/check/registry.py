@@ -25,7 +25,29 @@ def _example(name: str) -> Program:
             f"unknown example {name!r} (known: {', '.join(EXAMPLES)})") from None
 
 
-RESOLVERS: dict[str, Callable[[str], Program]] = {"example": _example}
+def _model(rest: str) -> Program:
+    """``DESIGN/MMU/SCENARIO[/MUTANT]``."""
+    from ..designs import DESIGNS, MMU_VARIANTS
+    from .mutants import MUTANTS
+    from .scenarios import SCENARIOS, program
+
+    parts = rest.split("/")
+    if len(parts) not in (3, 4):
+        raise UnknownProgram(f"bad model key {rest!r} (expected DESIGN/MMU/SCENARIO[/MUTANT])")
+    design, mmu, scenario = parts[:3]
+    mutant = parts[3] if len(parts) == 4 else None
+    if design not in DESIGNS:
+        raise UnknownProgram(f"unknown design {design!r} (known: {', '.join(DESIGNS)})")
+    if mmu not in MMU_VARIANTS:
+        raise UnknownProgram(f"unknown MMU variant {mmu!r} (known: {', '.join(MMU_VARIANTS)})")
+    if scenario not in SCENARIOS:
+        raise UnknownProgram(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
+    if mutant is not None and mutant not in MUTANTS:
+        raise UnknownProgram(f"unknown mutant {mutant!r} (known: {', '.join(MUTANTS)})")
+    return program(design, mmu, scenario, mutant=mutant)
+
+
+RESOLVERS: dict[str, Callable[[str], Program]] = {"example": _example, "model": _model}
 
 
 def resolve(key: str) -> Program:

@@ -319,7 +319,12 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
             break
     res.elapsed = time.perf_counter() - t0
     res.exhausted = cut_short
-    what = "DPOR with sleep sets" if reduction else "naive enumeration"
+    if not reduction:
+        what = "naive enumeration"
+    elif bound is None:
+        what = "DPOR with sleep sets"
+    else:
+        what = "DPOR, no sleep sets under a bound"
     if res.violation is not None:
         res.status = "violation"
         res.guarantee = f"violation found by {what} after {res.executions} executions"

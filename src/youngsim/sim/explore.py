@@ -163,7 +163,7 @@ def run_schedule(program: Program, schedule: list[int], trace: bool = False,
 
 class _Node:
     __slots__ = ("enabled", "fps", "backtrack", "done", "sleep", "tid", "fp", "preempt",
-                 "prev")
+                 "prev", "spawned")
 
     def __init__(self, enabled: list[int], fps: dict[int, Footprint],
                  sleep: dict[int, Footprint], preempt: int,
@@ -177,6 +177,7 @@ class _Node:
         self.fp: Footprint = ()
         self.preempt = preempt  # preemptions on the path before this state
         self.prev = prev  # thread that made the previous step
+        self.spawned: range = range(0)  # threads created by this node's transition
 
     def cost(self, tid: int) -> int:
         """1 if choosing ``tid`` here preempts the thread that ran last."""
@@ -197,23 +198,42 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
     truncated = False
     cut_short = False
     bound = preemption_bound
+    # Happens-before bookkeeping, kept across executions: transitions below the branch
+    # point are the same in the next execution, so only their suffix is recomputed.
+    clocks: list[list[int]] = []  # vector clock of each transition on the path
+    by_oid: dict[int, list[int]] = {}  # object id -> transitions that accessed it
     while True:
         m = program.build()
         if m.violation is not None:
             res.violation = m.violation
             res.schedule = []
             break
-        # per-execution happens-before bookkeeping
-        clocks: list[list[int]] = []  # clock of each transition
+        replay_len = len(nodes)  # nodes[:replay_len-1] replay; the last takes a new branch
+        keep = max(replay_len - 1, 0)
+        del clocks[keep:]
+        for lst in by_oid.values():
+            while lst and lst[-1] >= keep:
+                lst.pop()
         tclock: dict[int, list[int]] = {}  # clock of each thread's last transition
-        by_oid: dict[int, list[int]] = {}
-        ntrans = 0
+        for j in range(keep if reduction else 0):
+            nj = nodes[j]
+            tclock[nj.tid] = clocks[j]
+            for child in nj.spawned:
+                tclock[child] = clocks[j]
         depth = 0
-        replay_len = len(nodes)  # nodes[0:replay_len-1] replay; the last one takes a new branch
         while True:
             if depth < replay_len:
                 node = nodes[depth]
                 tid = node.tid
+                if not m.enabled(tid):
+                    raise RuntimeError(f"{program.key}: re-execution diverged at step "
+                                       f"{depth}: the program is not deterministic")
+                if depth < keep:  # a replayed prefix step: its clock is already known
+                    m.step(tid)
+                    depth += 1
+                    if m.violation is not None:
+                        break
+                    continue
             else:
                 # a fresh state
                 if m.live == 0 or m.violation is not None:
@@ -254,32 +274,30 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
                 node.tid = tid
                 node.done.add(tid)
                 node.backtrack.add(tid)
-            if depth < replay_len and not m.enabled(tid):
-                raise RuntimeError(f"{program.key}: re-execution diverged at step {depth}:"
-                                   " the program is not deterministic")
             fp = node.fps[tid]
             node.fp = fp
             nthreads_before = len(m.threads)
             m.step(tid)
-            # happens-before clock of this transition
-            c = list(tclock.get(tid, ()))
-            if fp:
-                seen: set[int] = set()
-                for acc in fp:
-                    for j in by_oid.get(acc[0], ()):
-                        if j not in seen and conflict(nodes[j].fp, fp):
-                            seen.add(j)
-                            _join(c, clocks[j])
-                for acc in fp:
-                    by_oid.setdefault(acc[0], []).append(ntrans)
-            while len(c) <= tid:
-                c.append(-1)
-            c[tid] = ntrans
-            clocks.append(c)
-            tclock[tid] = c
-            for child in range(nthreads_before, len(m.threads)):
-                tclock[child] = list(c)  # a spawned thread happens after its creation
-            ntrans += 1
+            node.spawned = range(nthreads_before, len(m.threads))
+            if reduction:
+                # happens-before clock of this transition
+                c = list(tclock.get(tid, ()))
+                if fp:
+                    seen: set[int] = set()
+                    for acc in fp:
+                        for j in by_oid.get(acc[0], ()):
+                            if j not in seen and conflict(nodes[j].fp, fp):
+                                seen.add(j)
+                                _join(c, clocks[j])
+                    for acc in fp:
+                        by_oid.setdefault(acc[0], []).append(depth)
+                while len(c) <= tid:
+                    c.append(-1)
+                c[tid] = depth
+                clocks.append(c)
+                tclock[tid] = c
+                for child in node.spawned:
+                    tclock[child] = c  # a spawned thread happens after its creation
             depth += 1
             if m.violation is None and m.live and not m.runnable():
                 m.run_to_deadlock_check()

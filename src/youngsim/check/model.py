@@ -28,13 +28,15 @@ from ..kernel.hw.vcpu import Vcpu
 from ..kernel.kvm.kvm_main import Kvm, Memslot, gfn_to_hva_memslot
 from ..kernel.mm.mm import MM, PTE_PFN_SHIFT, pte_pfn, pte_present
 from ..kernel.system import System
+from ..kernel.arm64.mmu import Arm64Stage2Mmu
 from ..kernel.x86.mmu import X86TdpMmu
+from ..kernel.x86.shadow_mmu import X86ShadowMmu
 from ..sim import Machine
 
 HVA_BASE = 0x7F0000000000
 
 #: MMU variants modelled so far; the others are reported as not modelled, never faked.
-MODELLED_MMUS = ("x86-tdp", "x86-tdp-noad")
+MODELLED_MMUS = ("x86-tdp", "x86-tdp-noad", "x86-shadow", "arm64", "arm64-swaf")
 
 
 class NotModelled(Exception):
@@ -46,6 +48,12 @@ def make_arch(sys: System, kvm: Kvm, mmu: str, npages: int, chunk: int) -> Any:
         return X86TdpMmu(sys, kvm, ad_enabled=True, npages=npages, chunk=chunk)
     if mmu == "x86-tdp-noad":
         return X86TdpMmu(sys, kvm, ad_enabled=False, npages=npages, chunk=chunk)
+    if mmu == "x86-shadow":
+        return X86ShadowMmu(sys, kvm, npages=npages, chunk=chunk)
+    if mmu == "arm64":
+        return Arm64Stage2Mmu(sys, kvm, hw_af=True, npages=npages, chunk=chunk)
+    if mmu == "arm64-swaf":
+        return Arm64Stage2Mmu(sys, kvm, hw_af=False, npages=npages, chunk=chunk)
     raise NotModelled(f"MMU variant {mmu!r} is not modelled yet")
 
 

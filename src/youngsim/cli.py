@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scenario", metavar="S",
                    help="one built-in scenario (default: all of them)")
     c.add_argument("--budget", type=_pos_int, default=None, metavar="N",
-                   help="executions per search attempt for model checks without an explicit"
-                        " search option (default 4000; see docs/checker.md)")
+                   help="executions for the first (unbounded) search attempt of model checks"
+                        " without an explicit search option; bounded attempts get 4x"
+                        " (default 2000; see docs/checker.md)")
     c.add_argument("--jobs", type=_pos_int, default=None, metavar="N",
                    help="worker processes for --all (default: one per CPU)")
     how = c.add_mutually_exclusive_group()

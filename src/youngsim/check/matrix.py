@@ -20,9 +20,11 @@ from .model import MODELLED_MMUS, NotModelled
 from .runner import Outcome, SearchOptions, check
 from .scenarios import SCENARIOS, program
 
-#: executions per attempt (unbounded, then <= 2, then <= 1 preemptions)
-DEFAULT_BUDGET = 4000
+#: executions for the first, unbounded attempt; each bounded attempt (<= 2, then <= 1
+#: preemptions) gets four times as many, since bounded spaces are where most cells end
+DEFAULT_BUDGET = 2000
 BOUNDS = (None, 2, 1)
+BOUNDED_FACTOR = 4
 
 
 @dataclass
@@ -59,10 +61,11 @@ def check_scenario(design: str, mmu: str, scenario: str, budget: int = DEFAULT_B
     prog = program(design, mmu, scenario, mutant=mutant)
     executions = 0
     for bound in BOUNDS:
-        res = systematic(prog, preemption_bound=bound, max_executions=budget)
+        limit = budget if bound is None else budget * BOUNDED_FACTOR
+        res = systematic(prog, preemption_bound=bound, max_executions=limit)
         executions += res.executions
         if res.violation is not None:
-            out = check(prog, SearchOptions(bound=bound, max_executions=budget))
+            out = check(prog, SearchOptions(bound=bound, max_executions=limit))
             return ScenarioVerdict(scenario, "violation", bound, executions,
                                    out.result.guarantee, res.counter_total,
                                    str(out.result.violation), out.replay, out.table)

@@ -6,16 +6,20 @@ translation. An EPT/stage-2 violation exits to KVM's fault handler and the acces
 retried. Aging never flushes the TLB unless the design says so, so a page whose SPTE was
 cleared while cached can be used without setting A again: the accepted "false old".
 
-``insn`` is 1 while the vCPU is inside an instruction. A remote TLB flush waits for it
-to be 0 (the flush IPI is taken at an instruction boundary), so a walk that read an
-entry before a zap cannot refill the TLB after the flush.
+``insn`` is 1 while the vCPU is inside an instruction; ``req`` counts pending TLB-flush
+requests (``KVM_REQ_TLB_FLUSH``). A remote flush raises the request, waits until the vCPU
+is between instructions (the IPI is taken at an instruction boundary), drops the TLB
+and clears the request; a vCPU does not start an instruction while a request is pending
+(it services requests before entering the guest). So a walk that read an entry before a
+zap cannot refill the TLB after the flush, and no instruction started after the flush
+began can use a translation it removed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
-from ...sim import Op, load, store
+from ...sim import Op, load, store, wait_until
 
 if TYPE_CHECKING:
     from ..kvm.kvm_main import Kvm
@@ -34,13 +38,14 @@ class Vcpu:
         self.idx = idx
         self.tlb = sys.m.new_words(f"vcpu{idx}.tlb", max(npages, 1))
         self.insn = sys.m.new_words(f"vcpu{idx}.insn", 1)
+        self.req = sys.m.new_words(f"vcpu{idx}.req", 1)
         kvm.vcpus.append(self)
 
 
 def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
     """One guest load or store to page ``gfn``."""
     arch = vcpu.kvm.arch
-    yield store(vcpu.insn, 0, 1, cost="guest_insn")
+    yield from vcpu_enter(vcpu, "guest_insn")
     t = yield load(vcpu.tlb, gfn, cost="tlb_lookup")
     if t & TLB_VALID and (not write or t & TLB_WRITE):
         sys.count("tlb_hits")
@@ -49,7 +54,13 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
             yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
             sys.count("vcpu_faults")
             yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
-            yield store(vcpu.insn, 0, 1, cost="vm_entry")
+            yield from vcpu_enter(vcpu, "vm_entry")
         yield store(vcpu.tlb, gfn, TLB_VALID | (TLB_WRITE if write else 0), cost="tlb_fill")
     sys.ghost.accessed[gfn] = True
     yield store(vcpu.insn, 0, 0, cost="guest_insn_end")
+
+
+def vcpu_enter(vcpu: Vcpu, cost: str) -> Gen:
+    """Start an instruction in guest mode, after any pending TLB-flush request."""
+    yield wait_until(vcpu.req, 0, (1 << 64) - 1, 0, cost="vcpu_requests")
+    yield store(vcpu.insn, 0, 1, cost=cost)

@@ -165,13 +165,17 @@ def kvm_handle_hva_range(mn: MmuNotifier, start: int, end: int, handler: Handler
 
 
 def kvm_flush_remote_tlbs(kvm: Kvm) -> Gen:
-    """Flush every vCPU's TLB: kick it and wait until it is between instructions (the IPI
-    is taken at an instruction boundary), then drop its cached translations."""
+    """Flush every vCPU's TLB (``kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH)``): raise
+    the request, wait until the vCPU is between instructions (the IPI is taken at an
+    instruction boundary), drop its cached translations, then let it run again."""
     kvm.sys.count("tlb_flushes")
+    for vcpu in kvm.vcpus:
+        yield fetch_add(vcpu.req, 0, 1, cost="tlb_flush_request")
     for vcpu in kvm.vcpus:
         yield wait_until(vcpu.insn, 0, 1, 0, cost="tlb_flush_ipi")
         yield vstore(vcpu.tlb, 0, np.zeros(len(vcpu.tlb), dtype=np.uint64),
                      cost="tlb_flush_local")
+        yield fetch_add(vcpu.req, 0, -1, cost="tlb_flush_done")
 
 
 # -- invalidation: the retry protocol that keeps faults coherent with the primary MMU ---

@@ -24,9 +24,14 @@ class Mutant:
     mmu: str
     scenario: str
     where: str  # the model function that carries the bug
+    bug: str = ""  # the sys.bug() switch, if it differs from the name (same bug, other MMU)
+
+    @property
+    def switch(self) -> str:
+        return self.bug or self.name
 
     def program(self) -> Program:
-        return program(self.design, self.mmu, self.scenario, mutant=self.name)
+        return program(self.design, self.mmu, self.scenario, mutant=self.switch)
 
 
 MUTANTS: dict[str, Mutant] = {m.name: m for m in (
@@ -71,8 +76,27 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
     Mutant("rmap-lockless-no-bitlock",
            "6.15's lockless rmap walk of the shadow MMU does not take the rmap bit lock",
            "upstream", "x86-shadow", "age-zap",
-           "kernel/x86/shadow_mmu.py: lockless rmap aging"),
+           "kernel/x86/shadow_mmu.py: X86ShadowMmu.age_gfn_range"),
+    Mutant("arm64-free-without-grace-period",
+           "arm64: an unlinked stage-2 table is freed at once instead of by call_rcu()",
+           "yu-v2", "arm64", "rmap", "kernel/arm64/pgtable.py: table unlink",
+           bug="free-without-grace-period"),
+    Mutant("arm64-rcu-unlock-early",
+           "arm64: the lockless AF walker leaves RCU before its last descriptor access",
+           "yu-v2", "arm64", "rmap", "kernel/arm64/pgtable.py: lockless test_clear_young",
+           bug="rcu-unlock-early"),
+    Mutant("arm64-plain-store-clear",
+           "arm64: the lockless AF clear writes back the descriptor it read with a plain "
+           "store instead of a cmpxchg", "yu-v2", "arm64", "two-vms",
+           "kernel/arm64/pgtable.py: lockless test_clear_young", bug="plain-store-clear"),
+    Mutant("arm64-fast-path-ignores-swaf",
+           "yu-v2's arm64 fast path runs without hardware AF instead of reporting failure",
+           "yu-v2", "arm64-swaf", "fault-age", "designs/yu_v2.py: kvm_arch_test_clear_young",
+           bug="fast-path-ignores-ad-off"),
 )}
+
+#: every sys.bug() switch (what a replay key may name)
+SWITCHES = frozenset(m.switch for m in MUTANTS.values())
 
 
 @dataclass

@@ -28,7 +28,7 @@ def _example(name: str) -> Program:
 def _model(rest: str) -> Program:
     """``DESIGN/MMU/SCENARIO[/MUTANT]``."""
     from ..designs import DESIGNS, MMU_VARIANTS
-    from .mutants import MUTANTS
+    from .mutants import SWITCHES
     from .scenarios import SCENARIOS, program
 
     parts = rest.split("/")
@@ -42,8 +42,8 @@ def _model(rest: str) -> Program:
         raise UnknownProgram(f"unknown MMU variant {mmu!r} (known: {', '.join(MMU_VARIANTS)})")
     if scenario not in SCENARIOS:
         raise UnknownProgram(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
-    if mutant is not None and mutant not in MUTANTS:
-        raise UnknownProgram(f"unknown mutant {mutant!r} (known: {', '.join(MUTANTS)})")
+    if mutant is not None and mutant not in SWITCHES:
+        raise UnknownProgram(f"unknown mutant {mutant!r} (known: {', '.join(sorted(SWITCHES))})")
     return program(design, mmu, scenario, mutant=mutant)
 
 

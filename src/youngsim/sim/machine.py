@@ -234,6 +234,7 @@ class Machine:
         assert op is not None and not t.done
         self.nsteps += 1
         t.steps += 1
+        live_before = self.live
         self.current = t
         try:
             res = self._execute(t, op)
@@ -254,8 +255,8 @@ class Machine:
             self._advance(t, res)
         if self.violation is None and self.invariants:
             self._check_invariants(op)
-        if self.violation is None and self.live == 0:
-            self._check_final()
+        if self.violation is None and self.live == 0 and live_before:
+            self._check_final()  # once, when the last non-daemon thread finished
 
     def run_to_deadlock_check(self) -> bool:
         """True (and a deadlock violation is set) if nothing can run but work remains."""

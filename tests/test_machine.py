@@ -7,7 +7,6 @@ reduction: operations whose footprints do not conflict must commute.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

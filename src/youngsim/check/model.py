@@ -119,23 +119,23 @@ def install_invariants(sys: System) -> None:
             raw, present, pfn, _ = arch.leaf_view()
             for g in np.flatnonzero(present):
                 g = int(g)
-                want = arch.ghost_installed.get(g)
+                want = arch.tables.ghost_installed.get(g)
                 if want is None:
                     return f"{kvm.name}: gfn {g}: zapped SPTE resurrected as {int(raw[g]):#x}"
                 if int(pfn[g]) != want:
                     return (f"{kvm.name}: gfn {g}: SPTE pfn reverted to {int(pfn[g]):#x}, "
                             f"installed {want:#x}")
-            for g in arch.ghost_installed:
+            for g in arch.tables.ghost_installed:
                 if not present[g]:
                     return f"{kvm.name}: gfn {g}: installed SPTE lost (now {int(raw[g]):#x})"
         return None
 
     def dirty_kept(_: Machine) -> str | None:
         for kvm in sys.kvms:
-            if not kvm.arch.ghost_dirty:
+            if not kvm.arch.tables.ghost_dirty:
                 continue
             _, present, _, dirty = kvm.arch.leaf_view()
-            for g in kvm.arch.ghost_dirty:
+            for g in kvm.arch.tables.ghost_dirty:
                 if present[g] and not dirty[g]:
                     return f"{kvm.name}: gfn {g}: the hardware-set dirty bit was lost"
         return None

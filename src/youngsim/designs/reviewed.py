@@ -236,13 +236,8 @@ class Reviewed(Design):
         ops.test_clear_young_range = kvm_mmu_notifier_test_clear_young_range
         return ops
 
-    def lru_gen_batch(self, sys: "System", mm: "MM", start: int, end: int, caller: str,
-                      skip: int | None = None) -> Gen:
-        return (yield from lru_gen_batch(sys, mm, start, end, caller, skip))
-
-    def should_look_around(self, sys: "System", mm: "MM", addr: int, pte: int, lo: int,
-                           hi: int, look_around: bool) -> Gen:
-        return (yield from should_look_around(sys, mm, addr, pte, lo, hi, look_around))
+    lru_gen_batch = staticmethod(lru_gen_batch)
+    should_look_around = staticmethod(should_look_around)
 
 
 class ReviewedLocked(Reviewed):

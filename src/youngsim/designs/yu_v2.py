@@ -37,7 +37,7 @@ from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, hva_to_g
 from ..kernel.mm.mm import pte_present, pte_young
 from ..kernel.mm.mmu_notifier import MmuNotifierOps
 from ..kernel.mm.vmscan import MIN_LRU_BATCH, decide, lru_gen_look_around
-from ..kernel.system import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.system import PAGE_SIZE
 from ..sim import Op, load, rcu_read_lock, rcu_read_unlock
 from .base import Design
 from .bitmap import Bitmap
@@ -283,13 +283,8 @@ class YuV2(Design):
         ops.test_young = None
         return ops
 
-    def lru_gen_batch(self, sys: "System", mm: "MM", start: int, end: int, caller: str,
-                      skip: int | None = None) -> Gen:
-        return (yield from lru_gen_batch(sys, mm, start, end, caller, skip))
-
-    def should_look_around(self, sys: "System", mm: "MM", addr: int, pte: int, lo: int,
-                           hi: int, look_around: bool) -> Gen:
-        return (yield from should_look_around(sys, mm, addr, pte, lo, hi, look_around))
+    lru_gen_batch = staticmethod(lru_gen_batch)
+    should_look_around = staticmethod(should_look_around)
 
 
 DESIGN = YuV2()

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Generator
 import numpy as np
 
 from ...sim import Op, read_lock, read_unlock
-from ..kvm.kvm_main import (gfn_to_hva_memslot, kvm_mmu_invalidate_wait, mmu_invalidate_retry,
-                            mmu_invalidate_seq)
+from ..kvm.arch import KvmArchMmu
+from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_mmu_invalidate_wait)
 from . import pgtable as P
 from .pgtable import RET_PF_FIXED, RET_PF_RETRY, Stage2Pgtable
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 Gen = Generator[Op, Any, Any]
 
 
-class Arm64Stage2Mmu:
+class Arm64Stage2Mmu(KvmArchMmu):
     """``kvm->arch`` for an arm64 VM: its stage-2 page table and the abort handler."""
 
     def __init__(self, sys: "System", kvm: "Kvm", hw_af: bool, npages: int,
@@ -50,6 +50,7 @@ class Arm64Stage2Mmu:
         self.sys = sys
         self.kvm = kvm
         self.pgt = Stage2Pgtable(sys, kvm, hw_af, npages, chunk, leaf_entries)
+        self.tables = self.pgt
         self.name = "arm64" if hw_af else "arm64-swaf"
         #: ESR_EL2.FSC of each vCPU's last stage-2 abort (the hardware's syndrome; set by
         #: ``hw_walk`` and read by the handler in the same vCPU thread)
@@ -66,12 +67,6 @@ class Arm64Stage2Mmu:
         was unmapped so the generic code's flush does that invalidation (same effect:
         every TLB is clean before ``mmu_lock`` is dropped)."""
         return (yield from self.pgt.kvm_pgtable_stage2_unmap(range.start, range.end))
-
-    def kvm_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=False))
-
-    def kvm_test_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=True))
 
     def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
                       should_clear: Any = None) -> Gen:
@@ -103,12 +98,9 @@ class Arm64Stage2Mmu:
         if fsc == P.ESR_ELx_FSC_ACCESS:
             yield from self.handle_access_fault(gfn)
             return RET_PF_FIXED
-        slot = kvm.gfn_to_memslot(gfn)
-        assert slot is not None
-        mmu_seq = yield from mmu_invalidate_seq(kvm)
-        pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write)
         yield read_lock(kvm.mmu_lock, cost="mmu_lock_read")
-        if (yield from mmu_invalidate_retry(kvm, mmu_seq)):
+        if (yield from is_page_fault_stale(kvm, mmu_seq)):
             ret = RET_PF_RETRY
         elif fsc == P.ESR_ELx_FSC_PERM:
             ret = yield from self.pgt.kvm_pgtable_stage2_relax_perms(gfn)
@@ -129,27 +121,9 @@ class Arm64Stage2Mmu:
         yield read_unlock(kvm.mmu_lock, cost="mmu_lock_read_release")
 
     # -- the interface the checker's invariants and scenarios use ----------------------
-    @property
-    def ghost_installed(self) -> dict[int, int]:
-        return self.pgt.ghost_installed
-
-    @property
-    def ghost_dirty(self) -> set[int]:
-        return self.pgt.ghost_dirty
-
-    def leaf_spte(self, gfn: int) -> int | None:
-        ri, li = self.pgt.split(gfn)
-        e = self.pgt.root[ri]
-        if not P.kvm_pte_valid(e):
-            return None
-        table = self.pgt.child(e)
-        if table.freed:
-            return None
-        return table[li]
-
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
         """Per gfn: (raw descriptors, valid, pfn, dirty = valid and ``S2AP_W``)."""
-        descs = self.pgt.leaf_descs()
+        descs = self.pgt.leaf_entries_now()
         valid = (descs & np.uint64(P.KVM_PTE_VALID)) != 0
         pfn = (descs & np.uint64(P.KVM_PTE_ADDR_MASK)) >> np.uint64(P.PAGE_SHIFT)
         dirty = valid & ((descs & np.uint64(P.S2AP_W)) != 0)

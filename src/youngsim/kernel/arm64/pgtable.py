@@ -81,6 +81,7 @@ import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     vload, vstore, vxchg, xchg)
+from ..hw.tables import TwoLevelTables
 
 if TYPE_CHECKING:
     from ..system import System
@@ -169,58 +170,30 @@ def _chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
 Visitor = Callable[[Any, int, int, np.ndarray], Gen]
 
 
-class Stage2Pgtable:
+class Stage2Pgtable(TwoLevelTables):
     """``struct kvm_pgtable`` for one VM's stage 2 (``kvm->arch.mmu.pgt``) plus the ghost
     bookkeeping the invariants read."""
 
     def __init__(self, sys: "System", kvm: Any, hw_af: bool, npages: int, chunk: int = 1,
                  leaf_entries: int = PTRS_PER_TABLE) -> None:
-        self.sys = sys
+        super().__init__(sys, f"{kvm.name}.pgd", npages, leaf_entries)
         self.kvm = kvm
         #: FEAT_HAFDBS: VTCR_EL2.HA (hardware AF) and, as modelled here, HD (DBM)
         self.hw_af = hw_af
         self.chunk = chunk
-        self.leaf_entries = leaf_entries
-        self.npages = npages
-        nroot = max(1, (npages + leaf_entries - 1) // leaf_entries)
-        self.root = sys.m.new_words(f"{kvm.name}.pgd", nroot, tag="spt")
-        # ghost: the pfn each legitimate writer installed; gfns made dirty by hardware
-        # or by a write fault since their descriptor was installed
-        self.ghost_installed: dict[int, int] = {}
-        self.ghost_dirty: set[int] = set()
 
-    # -- geometry --------------------------------------------------------------------
-    def split(self, gfn: int) -> tuple[int, int]:
-        return gfn // self.leaf_entries, gfn % self.leaf_entries
+    def entry_present(self, entry: int) -> bool:
+        return kvm_pte_valid(entry)
 
-    def gfn_of(self, ri: int, li: int) -> int:
-        return ri * self.leaf_entries + li
-
-    def segments(self, start: int, end: int) -> list[tuple[int, int, int]]:
-        out = []
-        g = start
-        while g < end:
-            ri, li = self.split(g)
-            hi = min(self.leaf_entries, li + (end - g))
-            out.append((ri, li, hi))
-            g += hi - li
-        return out
-
-    def child(self, table_pte: int) -> Any:
-        return self.sys.m.deref(kvm_pte_to_pfn(table_pte) << PAGE_SHIFT)
+    def entry_addr(self, entry: int) -> int:
+        return kvm_pte_to_pfn(entry) << PAGE_SHIFT
 
     # -- ghost bookkeeping ----------------------------------------------------------
     def _ghost_install(self, gfn: int, pte: int) -> None:
-        self.ghost_installed[gfn] = kvm_pte_to_pfn(pte)
-        self.ghost_dirty.discard(gfn)
-        if pte & S2AP_W:
-            self.ghost_dirty.add(gfn)
+        self.ghost_install(gfn, kvm_pte_to_pfn(pte), dirty=bool(pte & S2AP_W))
 
-    def _ghost_zap(self, gfn: int, old: int, why: str) -> None:
-        self.ghost_installed.pop(gfn, None)
-        self.ghost_dirty.discard(gfn)
-        if kvm_pte_young(old):
-            self.sys.count(why)
+    def _ghost_zap(self, gfn: int, old: int) -> None:
+        self.ghost_zap(gfn, kvm_pte_young(old))
 
     # -- set-up and invariants (plain accesses between steps) ------------------------
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
@@ -233,21 +206,6 @@ class Stage2Pgtable:
         pte = kvm_init_valid_leaf_pte(pfn, write, hw_dirty=self.hw_af, young=young)
         self.child(e)[li] = pte
         self._ghost_install(gfn, pte)
-
-    def leaf_descs(self) -> np.ndarray:
-        """Every gfn's leaf descriptor (0 where no linked, live table maps it)."""
-        out = np.zeros(self.npages, dtype=np.uint64)
-        for ri in range(len(self.root)):
-            e = self.root[ri]
-            if not kvm_pte_valid(e):
-                continue
-            table = self.child(e)
-            if table.freed:
-                continue
-            lo = ri * self.leaf_entries
-            n = min(self.leaf_entries, self.npages - lo)
-            out[lo:lo + n] = table.data[:n]
-        return out
 
     # -- the generic walker ----------------------------------------------------------
     def kvm_pgtable_walk(self, start: int, end: int, visitor: Visitor,
@@ -409,8 +367,7 @@ class Stage2Pgtable:
             for clo, chi in _chunks(lo, hi, self.chunk):
                 old = yield vxchg(table, clo, chi, 0, cost="spte_zap")
                 for k in np.flatnonzero((old & np.uint64(KVM_PTE_VALID)) != 0):
-                    self._ghost_zap(self.gfn_of(ri, clo + int(k)), int(old[k]),
-                                    "young_dropped_at_zap")
+                    self._ghost_zap(self.gfn_of(ri, clo + int(k)), int(old[k]))
                     flush = True
         return flush
 
@@ -432,7 +389,7 @@ class Stage2Pgtable:
         base = self.gfn_of(ri, 0)
         for g in range(base, min(base + self.leaf_entries, self.npages)):
             # ghost: the leaves' values at the unlink (atomic with the exchange)
-            self._ghost_zap(g, int(table.data[g - base]), "young_dropped_at_zap")
+            self._ghost_zap(g, int(table.data[g - base]))
         sys.count("tables_zapped")
         if sys.bug("free-without-grace-period"):
             yield free(table)

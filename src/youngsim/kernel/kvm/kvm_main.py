@@ -203,6 +203,24 @@ def mmu_invalidate_retry(kvm: Kvm, mmu_seq: int) -> Gen:
     return (yield load(kvm.mmu_invalidate, SEQ, cost="mmu_seq_read")) != mmu_seq
 
 
+def kvm_faultin_pfn(kvm: Kvm, gfn: int, write: bool) -> Gen:
+    """The first half of every arch's fault path (x86 ``kvm_faultin_pfn``, arm64
+    ``user_mem_abort``): snapshot ``mmu_invalidate_seq``, then resolve the pfn on the
+    primary MMU, faulting it in if needed. Returns (mmu_seq, pfn)."""
+    slot = kvm.gfn_to_memslot(gfn)
+    assert slot is not None, f"gfn {gfn} outside every memslot"
+    mmu_seq = yield from mmu_invalidate_seq(kvm)
+    pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+    return mmu_seq, pfn
+
+
+def is_page_fault_stale(kvm: Kvm, mmu_seq: int) -> Gen:
+    """Under mmu_lock: did an invalidation race with the fault since ``mmu_seq``? (The
+    seeded bug ``fault-skips-retry-check`` forgets to ask.)"""
+    stale = yield from mmu_invalidate_retry(kvm, mmu_seq)
+    return stale and not kvm.sys.bug("fault-skips-retry-check")
+
+
 def kvm_mmu_invalidate_wait(kvm: Kvm) -> Gen:
     """After a fault gave up for a racing invalidation: the vCPU re-enters the guest,
     faults again and retries until the invalidation is over. That busy loop makes no

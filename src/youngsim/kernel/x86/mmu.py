@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Generator
 import numpy as np
 
 from ...sim import Op, read_lock, read_unlock
-from ..kvm.kvm_main import (gfn_to_hva_memslot, kvm_mmu_invalidate_wait, mmu_invalidate_retry,
-                            mmu_invalidate_seq)
+from ..kvm.arch import KvmArchMmu
+from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_mmu_invalidate_wait)
 from . import spte as S
 from .tdp_mmu import RET_PF_RETRY, TdpMmu
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 Gen = Generator[Op, Any, Any]
 
 
-class X86TdpMmu:
+class X86TdpMmu(KvmArchMmu):
     """``kvm->arch`` for a VM on the TDP MMU (``tdp_mmu_enabled``)."""
 
     def __init__(self, sys: "System", kvm: "Kvm", ad_enabled: bool, npages: int,
@@ -31,6 +31,7 @@ class X86TdpMmu:
         self.sys = sys
         self.kvm = kvm
         self.tdp = TdpMmu(sys, kvm, ad_enabled, npages, chunk, leaf_entries)
+        self.tables = self.tdp
         self.name = "x86-tdp" if ad_enabled else "x86-tdp-noad"
 
     @property
@@ -42,22 +43,17 @@ class X86TdpMmu:
     def kvm_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
         return (yield from self.tdp.kvm_tdp_mmu_unmap_gfn_range(kvm, range))
 
-    def kvm_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=False))
-
-    def kvm_test_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=True))
-
     def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
                       should_clear: Any = None) -> Gen:
-        """Age (or test) ``range``, locked or lockless as ``range.lockless`` says.
-        ``should_clear(gfn)`` is called for every young page (it may record it) and
-        decides whether to clear it; with it a test visits every page instead of
-        stopping at the first young one."""
         return (yield from self.tdp.age_gfn_range(
             kvm, range, test_only=test_only,
             accessed_volatile=self.sys.design.accessed_volatile,
             should_clear=should_clear))
+
+    def lockless_fast_path_ok(self) -> bool:
+        """yu-v2's ``kvm_arch_test_clear_young`` at run time: only with A/D bits (2023:
+        changing R/X bits of an access-tracked SPTE locklessly was considered unsafe)."""
+        return self.tdp.ad
 
     # -- vCPU side -------------------------------------------------------------------
     def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
@@ -69,13 +65,9 @@ class X86TdpMmu:
         kvm = self.kvm
         if (yield from self.tdp.fast_page_fault(gfn, write)):
             return 0
-        slot = kvm.gfn_to_memslot(gfn)
-        assert slot is not None
-        mmu_seq = yield from mmu_invalidate_seq(kvm)
-        pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write)
         yield read_lock(kvm.mmu_lock, cost="mmu_lock_read")
-        if (yield from mmu_invalidate_retry(kvm, mmu_seq)) \
-                and not self.sys.bug("fault-skips-retry-check"):
+        if (yield from is_page_fault_stale(kvm, mmu_seq)):
             ret = RET_PF_RETRY
         else:
             ret = yield from self.tdp.kvm_tdp_mmu_map(gfn, pfn, write)
@@ -84,29 +76,9 @@ class X86TdpMmu:
             yield from kvm_mmu_invalidate_wait(kvm)
         return ret
 
-    # -- for invariants (plain reads between steps) ----------------------------------
-    def leaf_spte(self, gfn: int) -> int | None:
-        ri, li = self.tdp.split(gfn)
-        e = self.tdp.root[ri]
-        if not S.is_shadow_present_pte(e):
-            return None
-        table = self.tdp.child(e)
-        if table.freed:
-            return None
-        return table[li]
-
-    # -- the interface the checker's invariants and scenarios use ----------------------
-    @property
-    def ghost_installed(self) -> dict[int, int]:
-        return self.tdp.ghost_installed
-
-    @property
-    def ghost_dirty(self) -> set[int]:
-        return self.tdp.ghost_dirty
-
+    # -- model side ------------------------------------------------------------------
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
-        """Per gfn: (raw leaf entries, shadow-present, pfn, dirty) as numpy arrays."""
-        sptes = self.tdp.leaf_sptes()
+        sptes = self.tdp.leaf_entries_now()
         present = (sptes & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
         pfn = (sptes & np.uint64(S.SPTE_PFN_MASK)) >> np.uint64(S.SPTE_PFN_SHIFT)
         dirty = (sptes & np.uint64(S.shadow_dirty_mask)) != 0
@@ -116,10 +88,4 @@ class X86TdpMmu:
         self.tdp.prepopulate(gfn, pfn, write, young)
 
     def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
-        """Unlink and RCU-free the leaf table ``idx`` (mmu_lock held for write)."""
         return (yield from self.tdp.zap_leaf_table(kvm, idx))
-
-    def lockless_fast_path_ok(self) -> bool:
-        """yu-v2's ``kvm_arch_test_clear_young`` at run time: only with A/D bits (2023:
-        changing R/X bits of an access-tracked SPTE locklessly was considered unsafe)."""
-        return self.tdp.ad

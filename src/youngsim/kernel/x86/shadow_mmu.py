@@ -53,9 +53,10 @@ import numpy as np
 
 from ...sim import (BUG_ON, Op, alloc, cas, fetch_and, free, load, store, vload,
                     wait_until, write_lock, write_unlock, xchg)
-from ..kvm.kvm_main import (gfn_to_hva_memslot, kvm_flush_remote_tlbs,
-                            kvm_mmu_invalidate_wait, mmu_invalidate_retry,
-                            mmu_invalidate_seq)
+from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_flush_remote_tlbs,
+                            kvm_mmu_invalidate_wait)
+from ..hw.tables import TwoLevelTables
+from ..kvm.arch import KvmArchMmu
 from . import spte as S
 from .tdp_mmu import RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS
 
@@ -73,8 +74,9 @@ _SP_OFFSET_MASK = 0xFFF  # Words addresses are 4 KiB aligned (Machine.ADDR_BASE)
 _gfns = range  # the handlers' parameter is called ``range``, as in the kernel
 
 
-class X86ShadowMmu:
-    """``kvm->arch`` for a VM whose secondary MMU is the shadow MMU (rmap based)."""
+class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
+    """``kvm->arch`` for a VM whose secondary MMU is the shadow MMU (rmap based): the
+    arch hooks and, itself, the shadow page tables (``tables`` is ``self``)."""
 
     name = "x86-shadow"
 
@@ -82,18 +84,13 @@ class X86ShadowMmu:
                  leaf_entries: int = S.PT_ENTRIES) -> None:
         if leaf_entries * SPTE_SIZE > _SP_OFFSET_MASK + 1:
             raise ValueError("a shadow page must fit in 4 KiB of sptep offsets")
-        self.sys = sys
+        TwoLevelTables.__init__(self, sys, f"{kvm.name}.root", npages, leaf_entries)
+        self.tables = self
         self.kvm = kvm
         self.ad = True
         self.chunk = chunk  # interface parity; rmap walks go one gfn at a time
-        self.npages = npages
-        self.leaf_entries = leaf_entries
-        nroot = max(1, (npages + leaf_entries - 1) // leaf_entries)
-        self.root = sys.m.new_words(f"{kvm.name}.root", nroot, tag="spt")
         #: slot->arch.rmap[0]: one kvm_rmap_head per gfn (a single memslot at gfn 0)
         self.rmap = sys.m.new_words(f"{kvm.name}.rmap", max(npages, 1), tag="rmap")
-        self.ghost_installed_: dict[int, int] = {}
-        self.ghost_dirty_: set[int] = set()
         sys.m.final_check(f"{kvm.name}: rmap-coherence", self.rmap_coherence)
 
     @property
@@ -106,14 +103,11 @@ class X86ShadowMmu:
         return self.sys.design.kvm_lockless(self.kvm)
 
     # -- geometry and pointers -------------------------------------------------------
-    def split(self, gfn: int) -> tuple[int, int]:
-        return gfn // self.leaf_entries, gfn % self.leaf_entries
+    def entry_present(self, entry: int) -> bool:
+        return S.is_shadow_present_pte(entry)
 
-    def gfn_of(self, ri: int, li: int) -> int:
-        return ri * self.leaf_entries + li
-
-    def child(self, nonleaf: int) -> Any:
-        return self.sys.m.deref(S.spte_to_pfn(nonleaf) << S.PAGE_SHIFT)
+    def entry_addr(self, entry: int) -> int:
+        return S.spte_to_pfn(entry) << S.PAGE_SHIFT
 
     @staticmethod
     def sptep(sp: Any, li: int) -> int:
@@ -125,17 +119,6 @@ class X86ShadowMmu:
         access is the operation on the returned page, which may have been freed)."""
         p = val & ~(KVM_RMAP_MANY | KVM_RMAP_LOCKED)
         return self.sys.m.deref(p & ~_SP_OFFSET_MASK), (p & _SP_OFFSET_MASK) // SPTE_SIZE
-
-    # -- ghost bookkeeping ----------------------------------------------------------
-    def _ghost_install(self, gfn: int, spte: int) -> None:
-        self.ghost_installed_[gfn] = S.spte_to_pfn(spte)
-        self.ghost_dirty_.discard(gfn)
-
-    def _ghost_zap(self, gfn: int, old: int, why: str) -> None:
-        self.ghost_installed_.pop(gfn, None)
-        self.ghost_dirty_.discard(gfn)
-        if S.is_accessed_spte(old):
-            self.sys.count(why)
 
     # -- the rmap bit lock (6.15) ----------------------------------------------------
     def __kvm_rmap_lock(self, gfn: int) -> Gen:
@@ -212,36 +195,12 @@ class X86ShadowMmu:
             spte |= S.shadow_dirty_mask
         sp[li] = spte
         self.rmap[gfn] = self.sptep(sp, li)
-        self._ghost_install(gfn, spte)
-        if write:
-            self.ghost_dirty_.add(gfn)
-
-    def leaf_sptes(self) -> np.ndarray:
-        out = np.zeros(self.npages, dtype=np.uint64)
-        for ri in range(len(self.root)):
-            e = self.root[ri]
-            if not S.is_shadow_present_pte(e):
-                continue
-            sp = self.child(e)
-            if sp.freed:
-                continue
-            lo = ri * self.leaf_entries
-            n = min(self.leaf_entries, self.npages - lo)
-            out[lo:lo + n] = sp.data[:n]
-        return out
-
-    def leaf_spte(self, gfn: int) -> int | None:
-        ri, li = self.split(gfn)
-        e = self.root[ri]
-        if not S.is_shadow_present_pte(e):
-            return None
-        sp = self.child(e)
-        return None if sp.freed else sp[li]
+        self.ghost_install(gfn, pfn, dirty=write)
 
     def rmap_coherence(self, _: Any = None) -> str | None:
         """End-of-run check (no writer is mid-update then): every rmap head is unlocked
         and names exactly the present leaf SPTE of its gfn, in a live shadow page."""
-        sptes = self.leaf_sptes()
+        sptes = self.leaf_entries_now()
         for gfn in _gfns(self.npages):
             head = self.rmap[gfn]
             present = S.is_shadow_present_pte(int(sptes[gfn]))
@@ -261,17 +220,9 @@ class X86ShadowMmu:
                 return f"gfn {gfn}: rmap names {sp.name}[{li}], not its present SPTE"
         return None
 
-    @property
-    def ghost_installed(self) -> dict[int, int]:
-        return self.ghost_installed_
-
-    @property
-    def ghost_dirty(self) -> set[int]:
-        return self.ghost_dirty_
-
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
         """Per gfn: (raw leaf entries, shadow-present, pfn, dirty) as numpy arrays."""
-        sptes = self.leaf_sptes()
+        sptes = self.leaf_entries_now()
         present = (sptes & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
         pfn = (sptes & np.uint64(S.SPTE_PFN_MASK)) >> np.uint64(S.SPTE_PFN_SHIFT)
         dirty = (sptes & np.uint64(S.shadow_dirty_mask)) != 0
@@ -296,7 +247,7 @@ class X86ShadowMmu:
             old = yield cas(sp, li, s, new, cost="hw_ad_update")
             if old == s:
                 if write:
-                    self.ghost_dirty_.add(gfn)
+                    self.ghost_dirty.add(gfn)
                 return True
 
     # -- vCPU fault path (mmu_lock held for write) ---------------------------------------
@@ -305,14 +256,10 @@ class X86ShadowMmu:
         ``mmu_lock`` for **write**, check the invalidation sequence and map. (No fast
         page fault: with A/D bits a non-present fault always takes the slow path.)"""
         kvm = self.kvm
-        slot = kvm.gfn_to_memslot(gfn)
-        assert slot is not None
-        mmu_seq = yield from mmu_invalidate_seq(kvm)
-        pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write)
         yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")
-        if (yield from mmu_invalidate_retry(kvm, mmu_seq)) \
-                and not self.sys.bug("fault-skips-retry-check"):
-            ret = RET_PF_RETRY  # is_page_fault_stale()
+        if (yield from is_page_fault_stale(kvm, mmu_seq)):
+            ret = RET_PF_RETRY
         else:
             ret = yield from self.fetch(kvm, gfn, pfn, write)
         yield write_unlock(kvm.mmu_lock, cost="mmu_lock_write_release")
@@ -342,9 +289,7 @@ class X86ShadowMmu:
         if write:
             new |= S.shadow_dirty_mask
         yield store(sp, li, new, cost="spte_write")
-        self._ghost_install(gfn, new)
-        if write:
-            self.ghost_dirty_.add(gfn)
+        self.ghost_install(gfn, pfn, dirty=write)
         yield from self.pte_list_add(kvm, gfn, self.sptep(sp, li))
         return RET_PF_FIXED
 
@@ -362,7 +307,7 @@ class X86ShadowMmu:
                 continue
             sp, li = self.sptep_deref(val)
             old = yield xchg(sp, li, 0, cost="spte_zap")
-            self._ghost_zap(gfn, old, "young_dropped_at_zap")
+            self.ghost_zap(gfn, S.is_accessed_spte(old))
             yield from self.kvm_rmap_unlock(kvm, gfn, 0)
             flush = True
         return flush
@@ -403,7 +348,7 @@ class X86ShadowMmu:
             # drop_spte: mmu_spte_clear_track_bits, then rmap_remove
             old = yield xchg(sp, li, 0, cost="spte_zap")
             gfn = base + li
-            self._ghost_zap(gfn, old, "young_dropped_at_zap")
+            self.ghost_zap(gfn, S.is_accessed_spte(old))
             if S.is_shadow_present_pte(old):
                 yield from self.pte_list_remove(kvm, gfn, self.sptep(sp, li))
         yield store(self.root, idx, 0, cost="spte_write")  # drop_parent_pte
@@ -413,12 +358,6 @@ class X86ShadowMmu:
         return False
 
     # -- aging ------------------------------------------------------------------------
-    def kvm_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=False))
-
-    def kvm_test_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
-        return (yield from self.age_gfn_range(kvm, range, test_only=True))
-
     def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
                       should_clear: Any = None) -> Gen:
         """``kvm_rmap_age_gfn_range`` (6.15) / ``kvm_handle_gfn_range(kvm_age_rmap or

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vxchg, xchg)
+from ..hw.tables import TwoLevelTables
 from . import spte as S
 
 if TYPE_CHECKING:
@@ -37,55 +38,21 @@ Gen = Generator[Op, Any, Any]
 RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_FIXED, RET_PF_SPURIOUS = 0, 1, 2, 3
 
 
-class TdpMmu:
+class TdpMmu(TwoLevelTables):
     """The TDP MMU state of one VM: its root and configuration."""
 
     def __init__(self, sys: "System", kvm: "Kvm", ad_enabled: bool, npages: int,
                  chunk: int = 1, leaf_entries: int = S.PT_ENTRIES) -> None:
-        self.sys = sys
+        super().__init__(sys, f"{kvm.name}.root", npages, leaf_entries)
         self.kvm = kvm
         self.ad = ad_enabled
         self.chunk = chunk
-        self.leaf_entries = leaf_entries
-        nroot = max(1, (npages + leaf_entries - 1) // leaf_entries)
-        self.root = sys.m.new_words(f"{kvm.name}.root", nroot, tag="spt")
-        self.npages = npages
-        # ghost: the leaf value's pfn each legitimate writer installed, and the gfns whose
-        # current SPTE the hardware (or a write fault) made dirty
-        self.ghost_installed: dict[int, int] = {}
-        self.ghost_dirty: set[int] = set()
 
-    # -- geometry --------------------------------------------------------------------
-    def split(self, gfn: int) -> tuple[int, int]:
-        return gfn // self.leaf_entries, gfn % self.leaf_entries
+    def entry_present(self, entry: int) -> bool:
+        return S.is_shadow_present_pte(entry)
 
-    def segments(self, start: int, end: int) -> list[tuple[int, int, int]]:
-        """[start, end) as (root index, first leaf index, end leaf index) per leaf table."""
-        out = []
-        g = start
-        while g < end:
-            ri, li = self.split(g)
-            hi = min(self.leaf_entries, li + (end - g))
-            out.append((ri, li, hi))
-            g += hi - li
-        return out
-
-    def child(self, nonleaf: int) -> Any:
-        return self.sys.m.deref(S.spte_to_pfn(nonleaf) << S.PAGE_SHIFT)
-
-    def gfn_of(self, ri: int, li: int) -> int:
-        return ri * self.leaf_entries + li
-
-    # -- ghost bookkeeping ----------------------------------------------------------
-    def _ghost_install(self, gfn: int, spte: int) -> None:
-        self.ghost_installed[gfn] = S.spte_to_pfn(spte)
-        self.ghost_dirty.discard(gfn)
-
-    def _ghost_zap(self, gfn: int, old: int, why: str) -> None:
-        self.ghost_installed.pop(gfn, None)
-        self.ghost_dirty.discard(gfn)
-        if S.is_accessed_spte(old):
-            self.sys.count(why)
+    def entry_addr(self, entry: int) -> int:
+        return S.spte_to_pfn(entry) << S.PAGE_SHIFT
 
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""
@@ -99,25 +66,7 @@ class TdpMmu:
         if write and self.ad:
             spte |= S.shadow_dirty_mask
         self.child(e)[li] = spte
-        self._ghost_install(gfn, spte)
-        if write and self.ad:
-            self.ghost_dirty.add(gfn)
-
-    def leaf_sptes(self) -> np.ndarray:
-        """Every gfn's current leaf SPTE (0 where no live table maps it): a plain read
-        for invariants, between steps."""
-        out = np.zeros(self.npages, dtype=np.uint64)
-        for ri in range(len(self.root)):
-            e = self.root[ri]
-            if not S.is_shadow_present_pte(e):
-                continue
-            table = self.child(e)
-            if table.freed:
-                continue
-            lo = ri * self.leaf_entries
-            n = min(self.leaf_entries, self.npages - lo)
-            out[lo:lo + n] = table.data[:n]
-        return out
+        self.ghost_install(gfn, pfn, dirty=write and self.ad)
 
     # -- vCPU fault path (kvm_tdp_mmu_map) -------------------------------------------
     def kvm_tdp_mmu_map(self, gfn: int, pfn: int, write: bool) -> Gen:
@@ -154,9 +103,7 @@ class TdpMmu:
         r = yield cas(table, li, old, new, cost="spte_cmpxchg")  # tdp_mmu_set_spte_atomic
         if r != old:
             return RET_PF_RETRY
-        self._ghost_install(gfn, new)
-        if write and self.ad:
-            self.ghost_dirty.add(gfn)
+        self.ghost_install(gfn, pfn, dirty=write and self.ad)
         return RET_PF_FIXED
 
     def fast_page_fault(self, gfn: int, write: bool) -> Gen:
@@ -224,8 +171,8 @@ class TdpMmu:
                 old = yield vxchg(table, clo[0], clo[1], 0, select=present,
                                   cost="spte_zap")
                 for k in np.flatnonzero(present):
-                    self._ghost_zap(self.gfn_of(ri, clo[0] + int(k)), int(old[k]),
-                                    "young_dropped_at_zap")
+                    self.ghost_zap(self.gfn_of(ri, clo[0] + int(k)),
+                                   S.is_accessed_spte(int(old[k])))
                 flush = True
         yield rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock")
         return flush
@@ -242,13 +189,13 @@ class TdpMmu:
         yield store(self.root, ri, 0, cost="spte_write")
         base = self.gfn_of(ri, 0)
         for g in range(base, min(base + self.leaf_entries, self.npages)):
-            self.ghost_installed.pop(g, None)  # unlinked: no longer mapped
-            self.ghost_dirty.discard(g)
+            self.ghost_zap(g, False)  # unlinked: no longer mapped (young counted below)
         table = self.child(e)
         old = yield vxchg(table, 0, len(table), S.FROZEN_SPTE, cost="spte_zap")
         self.sys.count("tables_zapped")
-        for k in np.flatnonzero(_vec(S.is_accessed_spte, old)):
-            self.sys.count("young_dropped_at_zap")
+        young = int(_vec(S.is_accessed_spte, old).sum())
+        if young:
+            self.sys.count("young_dropped_at_zap", young)
         if self.sys.bug("free-without-grace-period"):
             yield free(table)
         else:

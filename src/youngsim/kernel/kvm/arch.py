@@ -1,0 +1,82 @@
+"""What generic KVM code needs from an architecture's secondary MMU (``kvm->arch``).
+
+In the kernel these are the ``kvm_arch_*``/``kvm_*_gfn_range`` hooks that
+``virt/kvm/kvm_main.c`` calls and each ``arch/*/kvm/mmu.c`` defines. Here they are the
+methods of one class per MMU variant (``x86/mmu.py``, ``x86/shadow_mmu.py``,
+``arm64/mmu.py``); this base documents the contract and holds what is the same for all.
+
+Model-side extras (not kernel hooks) that the checker's invariants and scenarios use:
+``leaf_view``, ``prepopulate``, ``zap_leaf_table``, and ``tables`` (the page tables,
+with the ghost bookkeeping: ``tables.ghost_installed``, ``tables.ghost_dirty``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+from ...sim import Op
+
+if TYPE_CHECKING:
+    from ..hw.tables import TwoLevelTables
+    from ..hw.vcpu import Vcpu
+    from .kvm_main import Kvm, KvmGfnRange
+
+Gen = Generator[Op, Any, Any]
+
+
+class KvmArchMmu:
+    """Base of every modelled secondary MMU. ``tables`` is its page-table state."""
+
+    name = "?"
+    tables: "TwoLevelTables"
+
+    # -- hooks called by kvm_main ----------------------------------------------------
+    def kvm_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        """Zap the range (mmu_lock held for write); True if TLBs must be flushed."""
+        raise NotImplementedError
+
+    def kvm_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        return (yield from self.age_gfn_range(kvm, range, test_only=False))
+
+    def kvm_test_age_gfn(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:
+        return (yield from self.age_gfn_range(kvm, range, test_only=True))
+
+    def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
+                      should_clear: Any = None) -> Gen:
+        """Test (and unless ``test_only``, clear) the accessed state of every mapping in
+        ``range``, under mmu_lock for write or, with ``range.lockless``, without it.
+        ``should_clear(gfn)`` is called for every young page (it may record it) and
+        decides whether to clear it; with it, a test visits every page instead of
+        stopping at the first young one. Records what it sees young and what it clears
+        with ``sys.ghost_seen_young``/``sys.ghost_cleared``. Returns whether any page
+        was young."""
+        raise NotImplementedError
+
+    def lockless_fast_path_ok(self) -> bool:
+        """Can this MMU, at run time, age without mmu_lock as the 2023 designs would?"""
+        raise NotImplementedError
+
+    # -- the vCPU side ---------------------------------------------------------------
+    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+        """The CPU's walk on a TLB miss; False means a fault (the vCPU exits)."""
+        raise NotImplementedError
+
+    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+        raise NotImplementedError
+
+    # -- model-side: invariants and scenarios ----------------------------------------
+    def leaf_view(self) -> tuple[Any, Any, Any, Any]:
+        """Per gfn, as numpy arrays: (raw leaf entries, present, pfn, dirty)."""
+        raise NotImplementedError
+
+    def leaf_spte(self, gfn: int) -> int | None:
+        return self.tables.leaf_entry(gfn)
+
+    def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
+        """Set-up: map ``gfn`` as a past fault left it."""
+        raise NotImplementedError
+
+    def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
+        """Unlink and free leaf table ``idx`` as the MMU does (mmu_lock held for write);
+        True if the caller must still flush TLBs."""
+        raise NotImplementedError

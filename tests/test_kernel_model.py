@@ -478,3 +478,17 @@ def test_same_schedule_same_trace():
     assert [(s.tid, s.op.describe(), repr(s.result)) for s in m1.trace] \
         == [(s.tid, s.op.describe(), repr(s.result)) for s in m2.trace]
     assert m1.counters == m2.counters
+
+
+@pytest.mark.parametrize("design,clobbers", [
+    ("upstream", True), ("yu-v2", True), ("reviewed", True),
+    ("upstream-6.12", False), ("reviewed-locked", False), ("legacy", False)])
+def test_locked_writer_clobbers_only_lockless_clears(design, clobbers):
+    """A write-protect under mmu_lock writes back the A bit it read: a lockless ager's
+    clear in between is lost (counted, never a violation); locked agers exclude it."""
+    from youngsim.check.scenarios import program
+    from youngsim.sim.explore import systematic
+
+    r = systematic(program(design, "x86-tdp", "age-wrprot"))
+    assert r.ok and r.status == "complete"
+    assert bool(r.counter_total.get("clears_clobbered")) == clobbers

@@ -204,7 +204,13 @@ def _check_model(a: argparse.Namespace) -> int:
                 print(render(out))
                 violations += not out.ok
                 continue
-            v = check_scenario(a.design, a.mmu, name, a.budget or DEFAULT_BUDGET)
+            try:
+                v = check_scenario(a.design, a.mmu, name, a.budget or DEFAULT_BUDGET)
+            except NotModelled as e:
+                if a.scenario is not None:
+                    raise
+                print(f"model/{a.design}/{a.mmu}/{name}: n/a: {e}")
+                continue
             print(f"model/{a.design}/{a.mmu}/{name}: {v.status.upper()}"
                   + (f" {v.violation}" if v.violation else ""))
             print(f"  {v.guarantee}")

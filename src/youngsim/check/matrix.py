@@ -85,13 +85,16 @@ def _cell_job(args: tuple[str, str, int]) -> Cell:
     if mmu not in MODELLED_MMUS:
         return Cell(design, mmu, "not modelled", f"{mmu} is not modelled yet")
     cell = Cell(design, mmu, "complete", "")
-    try:
-        for sc in SCENARIOS:
+    for sc in SCENARIOS:
+        try:
             cell.scenarios.append(check_scenario(design, mmu, sc, budget))
-    except NotModelled as e:
-        return Cell(design, mmu, "not modelled", str(e))
+        except NotModelled as e:
+            cell.scenarios.append(ScenarioVerdict(sc, "n/a", None, 0, str(e)))
     order = ["violation", "incomplete", "bounded", "complete"]
-    worst = min(cell.scenarios, key=lambda s: order.index(s.status))
+    ran = [s for s in cell.scenarios if s.status != "n/a"]
+    if not ran:
+        return Cell(design, mmu, "not modelled", "no scenario applies")
+    worst = min(ran, key=lambda s: order.index(s.status))
     cell.status = worst.status
     if worst.status == "violation":
         cell.detail = f"{worst.scenario}: {worst.violation}"
@@ -99,8 +102,8 @@ def _cell_job(args: tuple[str, str, int]) -> Cell:
         cell.detail = "every scenario verified complete"
     elif worst.status == "bounded":
         b = min(s.bound for s in cell.scenarios if s.status == "bounded" and s.bound)
-        cell.detail = (f"clean; {sum(s.status == 'complete' for s in cell.scenarios)}/"
-                       f"{len(cell.scenarios)} scenarios complete, the rest within "
+        cell.detail = (f"clean; {sum(s.status == 'complete' for s in ran)}/"
+                       f"{len(ran)} scenarios complete, the rest within "
                        f"<= {b} preemptions")
     else:
         cell.detail = f"{worst.scenario}: search budget exhausted even with 1 preemption"
@@ -138,14 +141,16 @@ def render_matrix(cells: list[Cell]) -> str:
     for c in cells:
         lines.append(f"{c.design} on {c.mmu}: {c.status}: {c.detail}")
         for s in c.scenarios:
+            if s.status == "n/a":
+                lines.append(f"    {s.scenario}: n/a: {s.guarantee}")
+                continue
             b = "" if s.bound is None else f" (<= {s.bound} preemptions)"
             lines.append(f"    {s.scenario}: {s.status}{b}, {s.executions} executions")
             if s.violation:
                 lines.append(f"      {s.violation}")
                 lines.append(f"      replay: youngsim replay {s.replay}")
         counted = c.counters()
-        tolerated = {k: counted[k] for k in ("false_old", "false_young",
-                                             "young_dropped_at_zap") if k in counted}
+        tolerated = {k: counted[k] for k in IMPRECISION if k in counted}
         if tolerated:
             lines.append("    measured imprecision (summed over explored executions): "
                          + ", ".join(f"{k} {v}" for k, v in tolerated.items()))

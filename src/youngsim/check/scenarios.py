@@ -16,6 +16,8 @@ two-vms        two VMs subscribed to one mm; the walk ages pages young in both
 bitmap         the walk alone over 4 pages: young, young but outside the reclaim scope,
                young, old (the batched designs' bitmap offsets and predicate)
 fault-unmap    a vCPU faults a page in while it is unmapped (the invalidation retry)
+age-wrprot     the walk ages a dirty page while KVM write-protects it under mmu_lock
+               (TDP MMU only): a locked writer may clobber a lockless clear
 =============  ==========================================================================
 """
 
@@ -32,7 +34,7 @@ from ..kernel.mm.mm import pte_pfn
 from ..kernel.mm.vmscan import folio_referenced, walk_pte_range
 from ..kernel.system import PAGE_SIZE, System
 from ..sim import Machine, Op, Program, write_lock, write_unlock, xchg
-from .model import build_system, prepopulate
+from .model import NotModelled, build_system, prepopulate
 
 Gen = Generator[Op, Any, Any]
 
@@ -139,6 +141,25 @@ def _fault_unmap(m: Machine, design: str, mmu: str, mutant: str | None) -> Syste
     return sys
 
 
+def write_protector(sys: System, gfn: int) -> Gen:
+    """``kvm_mmu_slot_gfn_write_protect`` for write tracking, under mmu_lock for write."""
+    kvm = sys.kvms[0]
+    yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")
+    if (yield from kvm.arch.tdp.write_protect_gfn(kvm, gfn)):
+        yield from kvm_flush_remote_tlbs(kvm)
+    yield write_unlock(kvm.mmu_lock, cost="mmu_lock_write_release")
+
+
+def _age_wrprot(m: Machine, design: str, mmu: str, mutant: str | None) -> System:
+    if not mmu.startswith("x86-tdp"):
+        raise NotModelled(f"write-protection is modelled for the TDP MMU only, not {mmu}")
+    sys = build_system(m, design, mmu, npages=1, nvcpus=1, mutant=mutant)
+    prepopulate(sys, 0, write=True, young=True)
+    m.spawn(mglru_walk, sys, name="mglru")
+    m.spawn(write_protector, sys, 0, name="wrprot")
+    return sys
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("fault-age", "a vCPU faults pages in while MGLRU's walk ages them", _fault_age),
     Scenario("age-zap", "walk ages while a vCPU writes and a zapper unmaps and frees a table",
@@ -147,6 +168,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("two-vms", "two VMs on one mm: every subscriber is aged", _two_vms),
     Scenario("bitmap", "the walk over young, out-of-scope and old pages", _bitmap),
     Scenario("fault-unmap", "a fault races with an unmap of the same page", _fault_unmap),
+    Scenario("age-wrprot", "aging races with write-protection (TDP MMU only)", _age_wrprot),
 )}
 
 

@@ -117,3 +117,21 @@ def restore_acc_track_spte(spte: int) -> int:
     saved = (spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT) & SHADOW_ACC_TRACK_SAVED_BITS_MASK
     spte &= ~(SHADOW_ACC_TRACK_SAVED_BITS_MASK << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT)
     return spte | saved
+
+
+def spte_needs_atomic_update(spte: int, accessed_volatile: bool) -> bool:
+    """May something outside mmu_lock change this leaf SPTE, so that a locked writer must
+    update it atomically (``spte_needs_atomic_update``, once ``spte_has_volatile_bits``)?
+
+    Hardware may set D on a writable SPTE that is not yet dirty; an access-tracked SPTE
+    may be restored by the lockless fast page fault. Before 6.15 hardware setting A on a
+    not-yet-accessed SPTE counted too (``accessed_volatile``); 6.15 dropped that, so a
+    locked writer may clobber a lockless aging clear (tolerated, counted).
+    """
+    if not is_shadow_present_pte(spte):
+        return False
+    if not spte_ad_enabled(spte):
+        return True
+    if spte & VMX_EPT_WRITABLE and not spte & shadow_dirty_mask:
+        return True
+    return accessed_volatile and not spte & shadow_accessed_mask

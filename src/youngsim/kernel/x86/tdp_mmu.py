@@ -47,6 +47,9 @@ class TdpMmu(TwoLevelTables):
         self.kvm = kvm
         self.ad = ad_enabled
         self.chunk = chunk
+        #: ghost: how many times a lockless ager cleared each gfn's A bit (to tell when a
+        #: locked writer's stale write brings it back: "clears_clobbered")
+        self.ghost_lockless_clears: dict[int, int] = {}
 
     def entry_present(self, entry: int) -> bool:
         return S.is_shadow_present_pte(entry)
@@ -202,6 +205,39 @@ class TdpMmu(TwoLevelTables):
             yield call_rcu(self.sys.rcu, tdp_mmu_free_sp_rcu_callback, table)
         return True
 
+    def write_protect_gfn(self, kvm: "Kvm", gfn: int) -> Gen:
+        """``kvm_tdp_mmu_write_protect_gfn`` (write-tracking a guest page table): under
+        mmu_lock for write, clear the writable bit of the leaf SPTE with
+        ``tdp_mmu_iter_set_spte``: an xchg if the SPTE is volatile, else a plain write of
+        the value read earlier. Either writes back the A bit it read, so a lockless clear
+        between the read and the write is lost: counted as ``clears_clobbered``.
+        Returns whether the SPTE changed."""
+        sys = self.sys
+        sys.m.lockdep_assert_held(kvm.mmu_lock, write=True)
+        ri, li = self.split(gfn)
+        yield rcu_read_lock(sys.rcu, cost="rcu_read_lock")
+        changed = False
+        e = yield load(self.root, ri, cost="spte_read")
+        if S.is_shadow_present_pte(e):
+            table = self.child(e)
+            old = yield load(table, li, cost="spte_read")
+            clears = self.ghost_lockless_clears.get(gfn, 0)
+            new = old & ~S.VMX_EPT_WRITABLE
+            if S.is_shadow_present_pte(old) and new != old:
+                if S.spte_needs_atomic_update(old, sys.design.accessed_volatile):
+                    got = yield xchg(table, li, new, cost="spte_write")
+                    if got & S.shadow_dirty_mask and not new & S.shadow_dirty_mask:
+                        # handle_changed_spte: the hardware's D moves to the folio
+                        self.ghost_dirty.discard(gfn)
+                else:
+                    yield store(table, li, new, cost="spte_write")
+                if self.ghost_lockless_clears.get(gfn, 0) != clears \
+                        and new & S.shadow_accessed_mask:
+                    sys.count("clears_clobbered")
+                changed = True
+        yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
+        return changed
+
     # -- aging ------------------------------------------------------------------------
     def age_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange", test_only: bool,
                       accessed_volatile: bool, should_clear: Any = None) -> Gen:
@@ -263,21 +299,30 @@ class TdpMmu(TwoLevelTables):
         if ad.any():
             if sys.bug("plain-store-clear") and lockless:
                 # the seeded bug: write back the value read earlier, minus A
-                yield vstore(table, lo, vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
-                             select=ad, cost="spte_write")
-                old = vals
-            elif lockless or accessed_volatile:
+                atomic = np.zeros(len(vals), dtype=bool)
+            elif lockless:
+                atomic = ad
+            else:  # tdp_mmu_clear_spte_bits: atomic only where the SPTE is volatile
+                atomic = ad & np.array([S.spte_needs_atomic_update(int(v), accessed_volatile)
+                                        for v in vals], dtype=bool)
+            plain = ad & ~atomic
+            old = vals.copy()
+            if atomic.any():
                 # tdp_mmu_clear_spte_bits_atomic: atomic64_fetch_and
-                old = yield vfetch_and(table, lo, hi, ~S.shadow_accessed_mask, select=ad,
-                                       cost="spte_clear_young")
-            else:
-                # tdp_mmu_clear_spte_bits with a non-volatile SPTE: a plain write
+                got = yield vfetch_and(table, lo, hi, ~S.shadow_accessed_mask,
+                                       select=atomic, cost="spte_clear_young")
+                old[atomic] = got[atomic]
+            if plain.any():
+                # a plain write of the value read earlier, minus A
                 yield vstore(table, lo, vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
-                             select=ad, cost="spte_write")
-                old = vals
+                             select=plain, cost="spte_write")
             for k in np.flatnonzero(ad):
                 if int(old[k]) & S.shadow_accessed_mask:
-                    sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+                    gfn = self.gfn_of(ri, lo + int(k))
+                    sys.ghost_cleared(gfn)
+                    if lockless:
+                        self.ghost_lockless_clears[gfn] = \
+                            self.ghost_lockless_clears.get(gfn, 0) + 1
         if lockless and noad.any() and not sys.design.lockless_access_tracking:
             sys.contract(False, f"{sys.design.name}: the lockless path met an A/D-disabled"
                          " SPTE; it must have reported failure so the caller falls back")

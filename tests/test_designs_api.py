@@ -708,3 +708,26 @@ def test_mglru_walk_decisions(inp, pair):
             assert not pte_young(ptes[g])
         else:
             assert ptes[g] == r.box["ptes"][g]
+
+
+def test_yu_v2_secondary_walk_needs_the_lru_gen_capability_bit():
+    """Patch 10: MGLRU walks secondary MMUs only with bit 0x0008 of lru_gen/enabled."""
+    from youngsim.check.model import prepopulate
+    from youngsim.check.scenarios import mglru_walk
+    from youngsim.designs.yu_v2 import LRU_GEN_SPTE_WALK
+
+    def run(caps: int) -> int:
+        m = Machine(trace=True)
+        sys = build_system(m, "yu-v2", "x86-tdp", npages=2, nvcpus=1)
+        for g in range(2):
+            prepopulate(sys, g, young=True)
+        sys.lru_gen_enabled = caps
+        t = m.spawn(mglru_walk, sys, name="mglru")
+        while not m.threads[t].done:
+            m.step(t)
+        assert m.violation is None
+        return sum(bool(sys.kvms[0].arch.leaf_spte(g) & S.shadow_accessed_mask)
+                   for g in range(2))
+
+    assert run(0x000F) == 0  # both SPTEs aged
+    assert run(0x000F & ~LRU_GEN_SPTE_WALK) == 2  # secondary MMU left alone

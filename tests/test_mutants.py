@@ -32,6 +32,7 @@ EXPECTED: dict[str, set[str]] = {
     "early-break-in-clear": {"api-contract"},
     "locked-fallback-forgets-lock": {"lockdep"},
     "fault-skips-retry-check": {"spte-coherence"},
+    "age-forgets-young": {"api-contract"},
 }
 
 X86_MUTANTS = sorted(n for n, mu in MUTANTS.items() if mu.mmu in X86)

@@ -77,6 +77,10 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
            "6.15's lockless rmap walk of the shadow MMU does not take the rmap bit lock",
            "upstream", "x86-shadow", "age-zap",
            "kernel/x86/shadow_mmu.py: X86ShadowMmu.age_gfn_range"),
+    Mutant("age-forgets-young",
+           "the TDP MMU's aging clears young SPTEs but reports young only when testing: "
+           "the accessed information is dropped silently", "upstream", "x86-tdp",
+           "fault-age", "kernel/x86/tdp_mmu.py: TdpMmu.age_gfn_range"),
     Mutant("arm64-free-without-grace-period",
            "arm64: an unlinked stage-2 table is freed at once instead of by call_rcu()",
            "yu-v2", "arm64", "rmap", "kernel/arm64/pgtable.py: table unlink",

@@ -19,7 +19,8 @@ arch function must then report failure.
 
 MGLRU side (patch 10): one *test* call per batch of up to 64 pages (bitmap out), then at
 the batch's last page one *clear* call over the span of the selected pages (bitmap as
-predicate); pages that must not be aged have their bit cleared first.
+predicate); pages that must not be aged have their bit cleared first. All of it only
+while the capability bit 0x0008 of ``lru_gen/enabled`` is set (``LRU_GEN_SPTE_WALK``).
 ``should_look_around`` clears the faulting page's secondary PTE first and looks around on
 behalf of the secondary MMU only if that ran the fast path.
 
@@ -52,6 +53,10 @@ Gen = Generator[Op, Any, Any]
 
 MMU_NOTIFIER_RANGE_LOCKLESS = 1 << 1
 MMU_NOTIFIER_RANGE_YOUNG = 1 << 2
+
+
+#: the lru_gen/enabled capability bit that lets MGLRU walk secondary MMUs (patch 10)
+LRU_GEN_SPTE_WALK = 0x0008
 
 
 def bitmap_offset(start: int, end: int, addr: int) -> int:
@@ -216,7 +221,9 @@ def lru_gen_batch(sys: "System", mm: "MM", start: int, end: int, caller: str,
     the per-page loop, then ``clear_spte_young`` over the selected span."""
     nbits = MIN_LRU_BATCH
     bitmap = Bitmap(nbits)
-    ret = yield from mmu_notifier_test_clear_young(sys, mm, start, end, False, bitmap)
+    ret = 0
+    if sys.lru_gen_enabled & LRU_GEN_SPTE_WALK:
+        ret = yield from mmu_notifier_test_clear_young(sys, mm, start, end, False, bitmap)
     if not ret & MMU_NOTIFIER_RANGE_LOCKLESS:
         bitmap = Bitmap(nbits)  # no fast path: the secondary MMU is not walked
     selected: list[int] = []
@@ -256,7 +263,7 @@ def should_look_around(sys: "System", mm: "MM", addr: int, pte: int, lo: int, hi
     young = yield from mm.ptep_test_and_clear_young(addr)
     ret = yield from mmu_notifier_clear_young(sys, mm, addr, addr + PAGE_SIZE)
     if look_around:
-        if ret & MMU_NOTIFIER_RANGE_LOCKLESS:
+        if ret & MMU_NOTIFIER_RANGE_LOCKLESS and sys.lru_gen_enabled & LRU_GEN_SPTE_WALK:
             for bstart in range(lo, hi, MIN_LRU_BATCH * PAGE_SIZE):
                 yield from lru_gen_batch(sys, mm, bstart,
                                          min(hi, bstart + MIN_LRU_BATCH * PAGE_SIZE),

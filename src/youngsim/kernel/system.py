@@ -47,6 +47,9 @@ class System:
         self.mutant = mutant
         self.kvms: list[Any] = []
         self.mm: Any = None
+        #: /sys/kernel/mm/lru_gen/enabled: 0x1 core, 0x2 mm walk, 0x4 non-leaf young,
+        #: 0x8 secondary-MMU walk (yu-v2 patch 10 adds the last); all on by default
+        self.lru_gen_enabled = 0x000F
         self._calls: dict[int, list[dict[str, Any]]] = {}
         m.use_rcu_sched(self.rcu)
 

@@ -52,15 +52,29 @@ def mmu_notifier_register(mm: "MM", mn: MmuNotifier) -> None:
 
 
 def _walk(mm: "MM", op_name: str, *args: Any) -> Gen:
-    """Call ``op_name`` on every subscriber that has it, under SRCU; OR the results."""
+    """Call ``op_name`` on every subscriber that has it, under SRCU; OR the results.
+
+    For the clearing callbacks the spec's "no silent drop" contract is checked around
+    each subscriber: if its secondary MMU cleared a young entry, it must say young."""
     ret = 0
+    monitor = op_name in _CLEARING
     yield rcu_read_lock(mm.srcu, cost="srcu_read_lock")
     for mn in mm.subscriptions:
         fn = getattr(mn.ops, op_name)
         if fn is not None:
-            ret |= yield from fn(mn, mm, *args)
+            rec = mm.sys.begin_call() if monitor else None
+            r = yield from fn(mn, mm, *args)
+            if rec is not None:
+                mm.sys.end_call()
+                mm.sys.contract(not rec["cleared"] or r,
+                                f"{op_name}: cleared young pages {sorted(rec['cleared'])} "
+                                "of a secondary MMU but returned 0")
+            ret |= r
     yield rcu_read_unlock(mm.srcu, cost="srcu_read_unlock")
     return ret
+
+
+_CLEARING = frozenset({"clear_flush_young", "clear_young"})
 
 
 def __mmu_notifier_clear_flush_young(mm: "MM", start: int, end: int) -> Gen:

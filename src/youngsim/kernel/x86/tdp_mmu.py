@@ -270,7 +270,8 @@ class TdpMmu(TwoLevelTables):
                 acc = _vec(S.is_accessed_spte, vals)
                 if not acc.any():
                     continue
-                young = True
+                # the seeded bug: only a test reports young, a clear forgets to say so
+                young = young or test_only or not sys.bug("age-forgets-young")
                 for k in np.flatnonzero(acc):
                     sys.ghost_seen_young(self.gfn_of(ri, clo + int(k)))
                 if should_clear is not None:

@@ -515,3 +515,24 @@ def test_bad_operation_argument_is_a_violation_not_a_crash():
         m.spawn(t)
     m = run_default(build)
     assert kind(m) in ("exception", "model-error")
+
+
+def test_running_thread_is_the_spawner_again_after_a_spawn():
+    """Ghost records key on Machine.current: after executing a spawn (which advances
+    the new thread to its first yield) the spawner's code must see itself running."""
+    from youngsim.sim import Machine, nop, spawn
+
+    seen = []
+
+    def child():
+        yield nop()
+
+    def parent(m):
+        yield spawn(child, name="child")
+        seen.append(m.current.name)
+        yield nop()
+
+    m = Machine()
+    t = m.spawn(parent, m, name="parent")
+    m.step(t)
+    assert seen == ["parent"]

@@ -28,6 +28,18 @@ from .memory import MASK64, Words
 from .ops import Op
 from .sync import EXCL, READ, Lock, RcuDomain
 
+# operation kinds as module globals (cheaper to read than ``O.KIND`` in the hot path)
+_LOAD, _STORE, _CAS, _XCHG = O.LOAD, O.STORE, O.CAS, O.XCHG
+_FETCH_AND, _FETCH_OR, _FETCH_ADD, _WAIT, _FREE = (
+    O.FETCH_AND, O.FETCH_OR, O.FETCH_ADD, O.WAIT, O.FREE)
+_LOCK, _UNLOCK, _READ_LOCK, _READ_UNLOCK = O.LOCK, O.UNLOCK, O.READ_LOCK, O.READ_UNLOCK
+_WRITE_LOCK, _WRITE_UNLOCK, _GRANT = O.WRITE_LOCK, O.WRITE_UNLOCK, O.GRANT
+_RCU_READ_LOCK, _RCU_READ_UNLOCK, _SYNC_RCU, _GP_WAIT = (
+    O.RCU_READ_LOCK, O.RCU_READ_UNLOCK, O.SYNC_RCU, O.GP_WAIT)
+_CALL_RCU, _MIGHT_SLEEP, _SPAWN, _NOP, _VLOAD = (
+    O.CALL_RCU, O.MIGHT_SLEEP, O.SPAWN, O.NOP, O.VLOAD)
+_new_op = object.__new__
+
 ThreadFn = Callable[..., Generator[Op, Any, Any]]
 Invariant = Callable[["Machine"], "str | None"]
 
@@ -211,22 +223,45 @@ class Machine:
         op = t.pending
         assert op is not None
         k = op.kind
-        if k == O.GRANT:
-            return op.obj.grantable(tid)
-        if k == O.GP_WAIT:
-            return op.obj.gp_done(op.a)
-        if k == O.WAIT:
+        if k == _WAIT:
             w = op.obj
-            return w.freed or (int(w.data[op.lo]) & op.a) == op.b
+            return w.freed or (w.data.item(op.lo) & op.a) == op.b
+        if k == _GRANT:
+            return op.obj.grantable(tid)
+        if k == _GP_WAIT:
+            return op.obj.gp_done(op.a)
         return True
 
     def runnable(self) -> list[int]:
-        return [t.tid for t in self.threads if not t.done and self.enabled(t.tid)]
+        # [t.tid for t in self.threads if not t.done and self.enabled(t.tid)], with
+        # ``enabled`` inlined (both drivers call this, or the deadlock check, every step)
+        out = []
+        for t in self.threads:
+            if t.done:
+                continue
+            op = t.pending
+            k = op.kind
+            if k == _WAIT:
+                w = op.obj
+                if not (w.freed or (w.data.item(op.lo) & op.a) == op.b):
+                    continue
+            elif k == _GRANT:
+                if not op.obj.grantable(t.tid):
+                    continue
+            elif k == _GP_WAIT:
+                if not op.obj.gp_done(op.a):
+                    continue
+            out.append(t.tid)
+        return out
 
     def finished(self) -> bool:
         return self.live == 0 or self.violation is not None
 
     # -- execution -------------------------------------------------------------------
+    # ``step`` is the hot path of both drivers. It is written for CPython's speed, with the
+    # semantics of the straightforward version: execute the pending operation (nothing to
+    # do for a ``nop``/``might_sleep``), record it, resume the generator to its next
+    # operation (``_advance``, inlined), then check invariants and final checks.
     def step(self, tid: int) -> None:
         """Execute thread ``tid``'s pending operation, then advance it to its next one."""
         t = self.threads[tid]
@@ -236,34 +271,77 @@ class Machine:
         t.steps += 1
         live_before = self.live
         self.current = t
-        try:
-            res = self._execute(t, op)
-        except Violation as v:
-            v.tid = tid
-            self._record(t, op, None)
-            self.violation = v
-            return
-        except Exception as e:  # bad operation arguments from model code: an oops
-            self._record(t, op, None)
-            self.violation = Violation(
-                "exception", f"{op.describe()}: {type(e).__name__}: {e}", tid)
-            return
-        if t.pending is not op:  # blocked: the op was replaced by its wait phase
-            self._record(t, op, None)
+        k = op.kind
+        if k == _NOP or k == _MIGHT_SLEEP:
+            res = None  # no shared effect
         else:
-            self._record(t, op, res)
-            self._advance(t, res)
-        if self.violation is None and self.invariants:
-            self._check_invariants(op)
-        if self.violation is None and self.live == 0 and live_before:
-            self._check_final()  # once, when the last non-daemon thread finished
+            try:
+                res = self._execute(t, op)
+            except Violation as v:
+                v.tid = tid
+                self._record(t, op, None)
+                self.violation = v
+                return
+            except Exception as e:  # bad operation arguments from model code: an oops
+                self._record(t, op, None)
+                self.violation = Violation(
+                    "exception", f"{op.describe()}: {type(e).__name__}: {e}", tid)
+                return
+        if t.pending is not op:  # blocked: the op was replaced by its wait phase
+            if self.tracing:
+                self.trace.append(Step(self.nsteps, tid, op, None, t.loc))
+        else:
+            if self.tracing:
+                self.trace.append(Step(self.nsteps, tid, op, res, t.loc))
+            # _advance(t, res), inlined; a spawn or call_rcu above may have advanced
+            # another thread, so the running thread is set again
+            self.current = t
+            try:
+                nxt = t.gen.send(res)
+            except Exception as e:
+                self._advance_failed(t, e)
+            else:
+                if type(nxt) is not Op:
+                    self._bad_yield(t, nxt)
+                else:
+                    obj = nxt.obj
+                    if obj is not None and obj.oid is None:
+                        obj.oid = self._next_oid
+                        self._next_oid += 1
+                    if nxt.sleeps and t.atomic:
+                        self._sleep_in_atomic(t, nxt)
+                    t.pending = nxt
+                    if self.tracing:
+                        t.loc = _location(t.gen)
+        if self.violation is None:
+            if self.invariants:
+                self._check_invariants(op)
+                if self.violation is not None:
+                    return
+            if self.live == 0 and live_before:
+                self._check_final()  # once, when the last non-daemon thread finished
 
     def run_to_deadlock_check(self) -> bool:
         """True (and a deadlock violation is set) if nothing can run but work remains."""
         if self.violation is not None or self.live == 0:
             return False
-        if any(self.enabled(t.tid) for t in self.threads if not t.done):
-            return False
+        for t in self.threads:  # any thread enabled? (``enabled`` inlined)
+            if t.done:
+                continue
+            op = t.pending
+            k = op.kind
+            if k == _WAIT:
+                w = op.obj
+                if w.freed or (w.data.item(op.lo) & op.a) == op.b:
+                    return False
+            elif k == _GRANT:
+                if op.obj.grantable(t.tid):
+                    return False
+            elif k == _GP_WAIT:
+                if op.obj.gp_done(op.a):
+                    return False
+            else:
+                return False
         waits = "; ".join(
             f"{t.name} waits in {t.pending.describe() if t.pending else '?'}"
             for t in self.threads if not t.done and not t.daemon)
@@ -275,45 +353,56 @@ class Machine:
             self.trace.append(Step(self.nsteps, t.tid, op, res, t.loc))
 
     def _advance(self, t: Thread, value: Any) -> None:
+        """Resume ``t`` with ``value`` and make its next yielded operation pending
+        (``step`` inlines this)."""
         self.current = t
         try:
             op = t.gen.send(value)
-        except StopIteration as stop:
-            t.done = True
-            t.pending = None
-            t.result = stop.value
-            if not t.daemon:
-                self.live -= 1
-            self._thread_exit(t)
-            return
-        except Violation as v:
-            v.tid = t.tid
-            self.violation = v
-            t.pending = None
-            t.done = True
-            return
-        except Exception as e:  # a model bug or a crash of seeded-buggy code: an "oops"
-            self.violation = Violation("exception", f"{type(e).__name__}: {e}", t.tid)
-            t.pending = None
-            t.done = True
+        except Exception as e:
+            self._advance_failed(t, e)
             return
         if type(op) is not Op:
-            self.violation = Violation(
-                "model-error", f"thread {t.name} yielded {op!r}, not an operation", t.tid)
-            t.done = True
+            self._bad_yield(t, op)
             return
         obj = op.obj
         if obj is not None and obj.oid is None:
             obj.oid = self._next_oid
             self._next_oid += 1
         if op.sleeps and t.atomic:
-            self.violation = Violation(
-                "sleep-in-atomic",
-                f"{t.name}: {op.describe()} may sleep inside an RCU read section or with a"
-                " spinning lock held", t.tid)
+            self._sleep_in_atomic(t, op)
         t.pending = op
         if self.tracing:
             t.loc = _location(t.gen)
+
+    def _advance_failed(self, t: Thread, e: Exception) -> None:
+        """The generator of ``t`` returned or raised instead of yielding."""
+        if isinstance(e, StopIteration):
+            t.done = True
+            t.pending = None
+            t.result = e.value
+            if not t.daemon:
+                self.live -= 1
+            self._thread_exit(t)
+        elif isinstance(e, Violation):
+            e.tid = t.tid
+            self.violation = e
+            t.pending = None
+            t.done = True
+        else:  # a model bug or a crash of seeded-buggy code: an "oops"
+            self.violation = Violation("exception", f"{type(e).__name__}: {e}", t.tid)
+            t.pending = None
+            t.done = True
+
+    def _bad_yield(self, t: Thread, op: Any) -> None:
+        self.violation = Violation(
+            "model-error", f"thread {t.name} yielded {op!r}, not an operation", t.tid)
+        t.done = True
+
+    def _sleep_in_atomic(self, t: Thread, op: Op) -> None:
+        self.violation = Violation(
+            "sleep-in-atomic",
+            f"{t.name}: {op.describe()} may sleep inside an RCU read section or with a"
+            " spinning lock held", t.tid)
 
     def _thread_exit(self, t: Thread) -> None:
         if self.violation is not None:
@@ -348,9 +437,11 @@ class Machine:
         return Violation("use-after-free", f"{t.name}: {op.describe()} on freed {w.name}{by}")
 
     def _execute(self, t: Thread, op: Op) -> Any:
+        # Dispatch by ranges of kinds, most frequent first: scalar memory operations
+        # (kinds 0-8), then allocation and locks (9-16), vector operations, RCU and the rest.
         k = op.kind
         tid = t.tid
-        if k <= O.FREE:  # scalar memory operations
+        if k <= _FREE:  # scalar memory operations
             w: Words = op.obj
             if w.freed:
                 raise self._uaf(t, op)
@@ -358,74 +449,101 @@ class Machine:
             i = op.lo
             if not 0 <= i < len(d):
                 raise Violation("exception", f"{op.describe()}: index out of range")
-            if k == O.LOAD or k == O.WAIT:
-                return int(d[i])
-            old = int(d[i])
-            if k == O.STORE:
+            if k == _LOAD or k == _WAIT:
+                return d.item(i)
+            if k == _STORE:
                 d[i] = op.a & MASK64
                 return None
-            if k == O.CAS:
+            old = d.item(i)
+            if k == _CAS:
                 if old == op.a:
                     d[i] = op.b & MASK64
-            elif k == O.FETCH_AND:
+            elif k == _FETCH_AND:
                 d[i] = old & op.a
-            elif k == O.FETCH_OR:
+            elif k == _FETCH_OR:
                 d[i] = (old | op.a) & MASK64
-            elif k == O.XCHG:
+            elif k == _XCHG:
                 d[i] = op.a & MASK64
-            elif k == O.FETCH_ADD:
+            elif k == _FETCH_ADD:
                 d[i] = (old + op.a) & MASK64
-            elif k == O.FREE:
+            else:  # FREE
                 w.freed = True
                 w.freed_by = tid
                 return None
             return old
-        if k >= O.VLOAD:
-            return self._execute_vector(t, op)
-        if k == O.ALLOC:
+        if k <= _GRANT:  # allocation and lock operations
+            if k == _LOCK or k == _WRITE_LOCK or k == _READ_LOCK:
+                lock: Lock = op.obj
+                if k == _READ_LOCK:
+                    if not lock.shared_ok:
+                        raise Violation("lock-misuse", f"read_lock on {lock.kind} {lock.name}")
+                    mode = READ
+                else:
+                    mode = EXCL
+                # lock.held_by(tid) and (mode == EXCL or lock.owner == tid)
+                owner = lock.owner
+                if owner == tid or (mode == EXCL and tid in lock.readers):
+                    raise Violation("deadlock", f"{t.name} re-acquires {lock.name} it holds")
+                if lock.request(tid, mode):
+                    # self._took(t, lock, mode), inlined
+                    t.locks.append((lock, mode))
+                    if not lock.sleeping:
+                        t.atomic += 1
+                        if self.rcu_sched is not None:
+                            self.rcu_sched.read_lock(tid)
+                else:
+                    g = _new_op(Op)  # Op(GRANT, lock, a=mode, cost=op.cost)
+                    g.kind = _GRANT
+                    g.obj = lock
+                    g.lo = 0
+                    g.hi = 1
+                    g.write = True
+                    g.a = mode
+                    g.b = None
+                    g.cost = op.cost
+                    g.sleeps = False
+                    t.pending = g
+                return None
+            if k == _UNLOCK or k == _WRITE_UNLOCK or k == _READ_UNLOCK:
+                lock = op.obj
+                mode = READ if k == _READ_UNLOCK else EXCL
+                err = lock.release(tid, mode)
+                if err:
+                    raise Violation("lock-misuse", f"{t.name}: {err}")
+                held = t.locks
+                for j, (lk, m) in enumerate(held):
+                    if lk is lock and m == mode:
+                        del held[j]
+                        break
+                if not lock.sleeping:
+                    t.atomic -= 1
+                    if self.rcu_sched is not None:
+                        self.rcu_sched.read_unlock(tid)
+                return None
+            if k == _GRANT:
+                lock = op.obj
+                lock.grant(tid)
+                # self._took(t, lock, op.a), inlined
+                t.locks.append((lock, op.a))
+                if not lock.sleeping:
+                    t.atomic += 1
+                    if self.rcu_sched is not None:
+                        self.rcu_sched.read_lock(tid)
+                t.pending = op  # so step() advances the thread
+                return None
+            # ALLOC
             n, init, tag = op.b
             return self._alloc(t, op.a, n, init, tag)
-        if k in (O.LOCK, O.READ_LOCK, O.WRITE_LOCK):
-            lock: Lock = op.obj
-            mode = READ if k == O.READ_LOCK else EXCL
-            if k == O.READ_LOCK and not lock.shared_ok:
-                raise Violation("lock-misuse", f"read_lock on {lock.kind} {lock.name}")
-            if lock.held_by(tid) and (mode == EXCL or lock.owner == tid):
-                raise Violation("deadlock", f"{t.name} re-acquires {lock.name} it holds")
-            if lock.request(tid, mode):
-                self._took(t, lock, mode)
-            else:
-                t.pending = Op(O.GRANT, lock, a=mode, cost=op.cost)
-            return None
-        if k == O.GRANT:
-            lock = op.obj
-            lock.grant(tid)
-            self._took(t, lock, op.a)
-            t.pending = op  # so step() advances the thread
-            return None
-        if k in (O.UNLOCK, O.READ_UNLOCK, O.WRITE_UNLOCK):
-            lock = op.obj
-            mode = READ if k == O.READ_UNLOCK else EXCL
-            err = lock.release(tid, mode)
-            if err:
-                raise Violation("lock-misuse", f"{t.name}: {err}")
-            for j, (lk, m) in enumerate(t.locks):
-                if lk is lock and m == mode:
-                    del t.locks[j]
-                    break
-            if not lock.sleeping:
-                t.atomic -= 1
-                if self.rcu_sched is not None:
-                    self.rcu_sched.read_unlock(t.tid)
-            return None
-        if k == O.RCU_READ_LOCK:
+        if k >= _VLOAD:
+            return self._execute_vector(t, op)
+        if k == _RCU_READ_LOCK:
             dom: RcuDomain = op.obj
             dom.read_lock(tid)
             t.readers += 1
             if not dom.sleepable:
                 t.atomic += 1
             return None
-        if k == O.RCU_READ_UNLOCK:
+        if k == _RCU_READ_UNLOCK:
             dom = op.obj
             err = dom.read_unlock(tid)
             if err:
@@ -434,7 +552,7 @@ class Machine:
             if not dom.sleepable:
                 t.atomic -= 1
             return None
-        if k == O.SYNC_RCU:
+        if k == _SYNC_RCU:
             dom = op.obj
             if dom.in_reader(tid):
                 raise Violation("deadlock", f"{t.name}: synchronize on {dom.name} inside its"
@@ -443,19 +561,19 @@ class Machine:
             if snap:
                 t.pending = Op(O.GP_WAIT, dom, a=snap, cost=op.cost)
             return None
-        if k == O.GP_WAIT:
+        if k == _GP_WAIT:
             t.pending = op
             return None
-        if k == O.CALL_RCU:
+        if k == _CALL_RCU:
             dom = op.obj
             snap = dom.start_gp()
             self.spawn(_rcu_callback, dom, snap, op.a, op.b,
                        name=f"rcu:{getattr(op.a, '__name__', 'cb')}")
             return None
-        if k == O.SPAWN:
+        if k == _SPAWN:
             args, name = op.b
             return self.spawn(op.a, *args, name=name)
-        if k == O.MIGHT_SLEEP or k == O.NOP:
+        if k == _MIGHT_SLEEP or k == _NOP:
             return None
         raise Violation("model-error", f"unknown operation kind {k}")
 

@@ -84,6 +84,26 @@ from .sync import READ
 _M32 = (1 << 32) - 1
 _BLOCKING = frozenset({O.GRANT, O.GP_WAIT, O.WAIT})
 _VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR})
+_NKINDS = max(O.KIND_NAMES) + 1
+_WAIT = O.WAIT
+#: per kind: may it block (a list index is cheaper than a set lookup in the hot loop)
+_BLOCKING_BY_KIND = tuple(k in _BLOCKING for k in range(_NKINDS))
+# what the hot loop does per kind, one small int per kind: 0 no driver bookkeeping;
+# scalar writes (store, atomic read-modify-write, cmpxchg: cache lines); vector ops;
+# spawns (new threads); lock requests, releases and grants (lock statistics)
+_KC_PLAIN, _KC_STORE, _KC_RMW, _KC_CAS, _KC_VEC, _KC_SPAWN, _KC_ACQ, _KC_REL, _KC_GRANT = \
+    range(9)
+_KCLASS: tuple[int, ...] = tuple(
+    _KC_STORE if k == O.STORE else
+    _KC_CAS if k == O.CAS else
+    _KC_RMW if k in (O.XCHG, O.FETCH_AND, O.FETCH_OR, O.FETCH_ADD) else
+    _KC_VEC if k >= O.VLOAD else
+    _KC_SPAWN if k in (O.SPAWN, O.CALL_RCU) else
+    _KC_ACQ if k in (O.LOCK, O.READ_LOCK, O.WRITE_LOCK) else
+    _KC_REL if k in (O.UNLOCK, O.READ_UNLOCK, O.WRITE_UNLOCK) else
+    _KC_GRANT if k == O.GRANT else
+    _KC_PLAIN
+    for k in range(_NKINDS))
 
 # fields of a cost entry as the hot loop sees it (a list, for cheap counting)
 _NS, _PER, _VBASE, _CAT, _BATCH, _COUNT, _TOTAL, _UNKNOWN = range(8)
@@ -713,11 +733,12 @@ class TimedDriver:
         park = self._park
         period = self.period
         SLEEP_ID = self.SLEEP
-        GRANT, WAIT, CAS, STORE = O.GRANT, O.WAIT, O.CAS, O.STORE
-        FETCH_ADD, VLOAD, CALL_RCU, SPAWN = O.FETCH_ADD, O.VLOAD, O.CALL_RCU, O.SPAWN
-        LOCK, UNLOCK, WRITE_UNLOCK, READ_LOCK = O.LOCK, O.UNLOCK, O.WRITE_UNLOCK, O.READ_LOCK
-        READ_UNLOCK = O.READ_UNLOCK
-        BLOCKING = _BLOCKING
+        kclass = _KCLASS
+        blocking = _BLOCKING_BY_KIND
+        READ_LOCK, READ_UNLOCK, STORE, CAS = O.READ_LOCK, O.READ_UNLOCK, O.STORE, O.CAS
+        KC_CAS, KC_VEC, KC_SPAWN, KC_ACQ, KC_REL, KC_GRANT = (
+            _KC_CAS, _KC_VEC, _KC_SPAWN, _KC_ACQ, _KC_REL, _KC_GRANT)
+        CALL_RCU = O.CALL_RCU
         rcu_sched = m.rcu_sched
         rs_oid = rcu_sched.oid if rcu_sched is not None else -1
         all_daemon = self._all_daemon
@@ -750,7 +771,7 @@ class TimedDriver:
                 # a woken lock or grace-period waiter stays enabled (only the queue head
                 # can be granted and nothing takes the lock past a non-empty queue; a
                 # grace period never un-ends), but a wait_until condition can turn false
-                if k == WAIT and not enabled(tid):
+                if k == _WAIT and not enabled(tid):
                     self._park_thread(tid, op)
                     continue
                 lab = op.cost
@@ -762,21 +783,22 @@ class TimedDriver:
                         info = self._unknown(lab, k)
                 obj = op.obj
                 c = info[0]
-                if LOCK <= k <= GRANT:
+                kc = kclass[k]
+                if kc >= KC_ACQ:
                     # a lock operation: an atomic on the lock word, whose last writer
                     # the lock's statistics record (a grant's line transfer is the
                     # wakeup handoff, already charged)
                     ls = locks.get(obj.oid)
                     if ls is None:
                         ls = self._lock_stats(obj)
-                    if k != GRANT and ls.lw_tid != tid and ls.lw_tid >= 0 \
+                    if kc != KC_GRANT and ls.lw_tid != tid and ls.lw_tid >= 0 \
                             and now - ls.lw_time < window:
                         c += surcharge
                         contended += 1
                     ls.lw_tid = tid
                     ls.lw_time = now
-                elif k <= FETCH_ADD:
-                    if k >= STORE:  # scalar writes: cache-line bookkeeping
+                elif kc:
+                    if kc <= KC_CAS:  # scalar writes: cache-line bookkeeping
                         key = (obj.oid << 32) | (op.lo >> lshift)
                         if k != STORE:  # an atomic read-modify-write
                             prev = lines.get(key)
@@ -787,9 +809,9 @@ class TimedDriver:
                             if k == CAS:
                                 self._cas(op, lab)
                         lines[key] = (now << 32) | tid
-                elif k >= VLOAD:
-                    c, nc = self._vector(op, k, info, tid, now)
-                    contended += nc
+                    elif kc == KC_VEC:
+                        c, nc = self._vector(op, k, info, tid, now)
+                        contended += nc
                 if info[4]:  # a remote TLB flush batch label
                     c += self._flush_batch(tid, t.steps)
                 cid = info[3]
@@ -808,9 +830,9 @@ class TimedDriver:
                 if m.violation is not None:
                     stopped = "violation"
                     break
-                if LOCK <= k <= GRANT:
+                if kc >= KC_ACQ:
                     # -- lock statistics, parking a refused request, waking the head --
-                    if k == UNLOCK or k == WRITE_UNLOCK or k == READ_UNLOCK:
+                    if kc == KC_REL:
                         who = tid * 4 + (1 if k == READ_UNLOCK else
                                          (2 if obj.shared_ok else 0))
                         times = ls.held.get(who)
@@ -820,7 +842,7 @@ class TimedDriver:
                             if len(ls.hold_d) >= _FOLD:
                                 ls.fold()
                     else:
-                        if k == GRANT:
+                        if kc == KC_GRANT:
                             who = tid * 4 + (1 if op.a == 1 else (2 if obj.shared_ok else 0))
                             wait = now - ls.req.pop(tid, now)
                         elif obj.owner == tid or tid in obj.readers:
@@ -849,11 +871,13 @@ class TimedDriver:
                             ls.fold()
                     # a release, or a grant (the next reader may follow), can make the
                     # queue head grantable; a request never does
-                    if k == GRANT or k == UNLOCK or k == WRITE_UNLOCK or k == READ_UNLOCK:
+                    if kc != KC_ACQ:
                         q = obj.queue
                         if q:
                             h, hmode = q[0]
-                            if h in park and obj.compatible(hmode):
+                            # h parked and obj.compatible(hmode) (Lock.compatible, inlined)
+                            if h in park and obj.owner is None and (
+                                    hmode == READ or not obj.readers):
                                 # wake the head (inline _wake for the common case)
                                 rec = park.pop(h)
                                 c0 = clk[h]
@@ -879,7 +903,7 @@ class TimedDriver:
                         self._seq = seq
                         self._check_waiters(obj.oid, end)
                         seq = self._seq
-                    if k == SPAWN or k == CALL_RCU:
+                    if kc == KC_SPAWN:
                         self._seq = seq
                         self._spawned(tid, end, k == CALL_RCU)
                         seq = self._seq
@@ -888,9 +912,8 @@ class TimedDriver:
                         stopped = "done"
                         break
                     continue
-                nxt = t.pending
-                if nxt.kind in BLOCKING and not enabled(tid):
-                    self._park_thread(tid, nxt)
+                if blocking[t.pending.kind] and not enabled(tid):
+                    self._park_thread(tid, t.pending)
                     continue
                 if end < limit and (not heap or end < heap[0][0]):
                     carry = tid

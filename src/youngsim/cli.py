@@ -2,7 +2,7 @@
 
 Exit codes: 0 no violation (the output says whether the result is complete or bounded),
 1 a violation (or, for ``check --examples``, an example whose verdict differs from the
-expected one), 2 bad usage or input. Errors are one line, never a traceback.
+expected one; for ``run``, a failed scenario check), 2 bad usage or input. Errors are one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -103,7 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="re-run a counterexample from its replay string")
     r.add_argument("string", help="the replay string a violation printed (ys1:...)")
+
+    t = sub.add_parser("run", help="run a timed scenario (virtual time, from the cost model)")
+    t.add_argument("scenario", help="the scenario: access_tracking_perf_test")
+    t.add_argument("-v", "--vcpus", type=_pos_int, default=1, metavar="VCPUS",
+                   help="vCPUs (default 1)")
+    t.add_argument("-b", "--bytes-per-vcpu", type=_size, default=None, metavar="BYTES",
+                   help="guest memory per vCPU, e.g. 64K, 2M (default 256K; the selftest's"
+                        " 1G is above this build's scale cap)")
+    t.add_argument("-p", "--benchmark", action="store_true",
+                   help="aging passes back to back while the vCPUs populate memory")
+    t.add_argument("--design", metavar="D", help="design (see youngsim check --list-models)")
+    t.add_argument("--mmu", metavar="M", help="secondary MMU variant")
+    t.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    t.add_argument("--cost-model", metavar="FILE",
+                   help="cost model TOML (default: the packaged data/costs.toml)")
+    t.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="recorded in the results (the scenario makes no random choices)")
+    t.add_argument("--keep-tlb", action="store_true",
+                   help="do not empty each vCPU's TLB between steps (the selftest's"
+                        " nested-VM case: an effectively unlimited TLB)")
     return p
+
+
+def _size(text: str) -> int:
+    from .perf.access_tracking import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _options(a: argparse.Namespace) -> SearchOptions:
@@ -281,6 +309,39 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    import json
+
+    from .check.model import NotModelled
+    from .perf import SCENARIOS
+    from .perf.access_tracking import (DEFAULT_BYTES_PER_VCPU, Config, perf_cost_model,
+                                       run_access_tracking)
+
+    if a.scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {a.scenario!r} (known: {', '.join(SCENARIOS)})")
+    if a.design is None or a.mmu is None:
+        raise UsageError("run needs --design and --mmu (see youngsim check --list-models)")
+    cfg = Config(design=a.design, mmu=a.mmu, vcpus=a.vcpus,
+                 bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
+                                 else DEFAULT_BYTES_PER_VCPU),
+                 benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb)
+    try:
+        cfg.validate()
+        cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate
+        res = run_access_tracking(cfg, cm)
+    except (ValueError, NotModelled) as e:
+        raise UsageError(str(e)) from None
+    print(res.render())
+    if a.json is not None:
+        try:
+            with open(a.json, "w", encoding="utf-8") as f:
+                json.dump(res.to_dict(), f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise UsageError(f"cannot write {a.json}: {e.strerror or e}") from None
+    return 0 if res.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -291,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(a)
         if a.command == "mutants":
             return cmd_mutants(a)
+        if a.command == "run":
+            return cmd_run(a)
         return cmd_replay(a)
     except UsageError as e:
         print(f"youngsim: error: {e}", file=sys.stderr)

@@ -1,0 +1,543 @@
+"""``access_tracking_perf_test`` on the timed driver, at small scale.
+
+The kernel selftest (``tools/testing/selftests/kvm/access_tracking_perf_test``, spec
+section 6): a VM with ``-v`` vCPUs, each owning ``-b`` bytes of guest memory in 4 KiB
+pages. Default mode times these steps, each from kicking all vCPUs until all finish::
+
+    Populating memory             first touch: every page faults in (writes)
+    Writing to populated memory
+    Reading from populated memory
+    Mark memory idle (lru_gen)    one MGLRU aging pass over all guest memory
+    Writing to idle memory
+    Mark memory idle (lru_gen)
+    Reading from idle memory
+
+and checks, against the model's own state, that after marking idle at most 10% of the
+pages are still young in the secondary MMU, and that at least 90% are young again after
+the vCPUs accessed them. ``-p`` (benchmark mode) runs aging passes back to back in an
+aging thread while the vCPUs populate memory, and reports the slowest vCPU's wall time
+and the average pass duration.
+
+How it is built
+---------------
+- The host is ``check.model.build_system`` with the primary MMU prefaulted (the
+  selftest's memslot is host-prefaulted); the vCPU threads run ``hw.vcpu.guest_access``
+  and the aging pass is ``vmscan.walk_pte_range`` once per leaf page table (per PMD, as
+  ``walk_mm`` does): the same kernel code the checker explores, nothing re-implemented.
+- Phases are synchronised *inside the model*, with operations on a harness control word
+  array (``perf.ctl``): a main thread (the selftest's main thread) kicks a phase by
+  storing its number in a "go" word, every vCPU waits for it with ``wait_until``, runs
+  its accesses, and increments the phase's "done" counter with ``fetch_add``; the main
+  thread waits with ``wait_until`` for the counter to reach the vCPU count. So the
+  barrier costs what a barrier costs on the virtual clock (a spinning waiter wakes one
+  ``wakeup.spin_handoff`` after the store it waits for) and the run is one uninterrupted
+  timed run. The main thread also runs the "Mark memory idle" passes (as the selftest's
+  main thread does). In ``-p`` mode a separate aging thread loops over passes and checks
+  a stop flag (``perf.ctl[1]``) between passes; the main thread sets it when the vCPUs
+  are done, and the aging thread finishes the pass it is in, then exits.
+- Time stamps use only the driver's public results: at each instant to measure, the
+  thread spawns an empty *probe* thread (``spawn`` costs 0 ns); a thread starts at the
+  end of the step that spawned it, so the probe's ``ThreadTime.start_ns`` is that
+  instant. Phase time = last vCPU end probe - kick probe.
+- Harness operations (kick, barrier waits, done counters, stop flag, probes) have labels
+  of their own (``perf_*``) costing 0 ns in CPU-time category ``harness``, added to the
+  cost model when it lacks them: they do not perturb the phases, and the time vCPUs
+  spend waiting for the next kick is reported as ``harness``, never as kernel ``spin``.
+- TLB reach: the model's TLB caches every page a vCPU touched (an unlimited TLB). The
+  real test's working set (1 GiB per vCPU by default, 262144 pages) is far beyond a
+  real TLB's reach (~1.5-2k entries), so there nearly every access after an aging pass
+  misses the TLB and sets the accessed bit again. To keep that property at small scale,
+  each vCPU empties its own TLB (a zero-cost harness ``vstore`` on its own
+  ``vcpu.tlb``) before each step after the first. ``keep_tlb=True`` (``--keep-tlb``)
+  turns this off: that is the selftest's nested-VM case ("the TLB size is effectively
+  unlimited"), where the selftest only warns when pages are not seen young again, and so
+  does this scenario.
+- The checker's per-step SPTE invariants (``check/model.py``) cost O(pages) after every
+  page-table write; at this scale they are evaluated at every phase boundary instead
+  (a violation there is a failed check). Violations the machine detects itself
+  (use-after-free, lock misuse, deadlock) still stop the run and are reported.
+
+Scale
+-----
+Every guest access and every PTE the walk visits is simulated one operation at a time
+(about 30-40 steps per faulting access, 5-10 per page per aging pass, ~80k steps/s on
+this project's machine). Sizes above ``MAX_TOTAL_PAGES`` pages in total are refused:
+chunked timing (one vector operation per table chunk, ``build_system(chunk=...)``) is
+not built yet for this scenario. Figures come from the cost model at the size
+simulated: they compare designs, they are not predictions for a 1 GiB-per-vCPU run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+import numpy as np
+
+from ..check.model import build_system
+from ..designs import DESIGNS, MMU_VARIANTS
+from ..kernel.arm64 import pgtable as P
+from ..kernel.arm64.mmu import Arm64Stage2Mmu
+from ..kernel.hw.vcpu import guest_access
+from ..kernel.mm.mm import PTRS_PER_PTE
+from ..kernel.mm.vmscan import walk_pte_range
+from ..kernel.system import PAGE_SIZE, System
+from ..kernel.x86 import spte as S
+from ..sim import Machine, Op, fetch_add, load, spawn, store, vstore, wait_until
+from ..sim.costmodel import CostModel, load_cost_model
+from ..sim.timed import Dist, TimedDriver, TimedResult
+
+Gen = Generator[Op, Any, Any]
+
+SCENARIO = "access_tracking_perf_test"
+#: refuse runs with more guest pages than this in total (every page is simulated)
+MAX_TOTAL_PAGES = 65536
+DEFAULT_BYTES_PER_VCPU = 256 * 1024
+IDLE_MAX_YOUNG = 0.10  # "at most 10% of pages still young after marking idle"
+YOUNG_AGAIN_MIN = 0.90  # "at least 90% seen young again" (the selftest's still_idle < 10%)
+_ALL = (1 << 64) - 1
+
+#: (printed name, what the vCPUs do: "write", "read", or "idle" = an aging pass)
+PHASES: tuple[tuple[str, str], ...] = (
+    ("Populating memory", "write"),
+    ("Writing to populated memory", "write"),
+    ("Reading from populated memory", "read"),
+    ("Mark memory idle (lru_gen)", "idle"),
+    ("Writing to idle memory", "write"),
+    ("Mark memory idle (lru_gen)", "idle"),
+    ("Reading from idle memory", "read"),
+)
+BENCH_PHASES: tuple[tuple[str, str], ...] = (("Populating memory", "write"),)
+
+_HARNESS = ("selftest harness bookkeeping (barrier words, stop flag, time-stamp probes), "
+            "not modelled kernel work: 0 ns so the harness does not perturb the measured "
+            "steps; the time a thread waits at a barrier is accounted as 'harness'")
+#: labels of the harness's own operations, added to a cost model that lacks them
+HARNESS_LABELS: dict[str, dict[str, Any]] = {
+    name: {"ns": 0, "per_element_ns": 0, "category": "harness", "rationale": _HARNESS}
+    for name in ("perf_kick", "perf_wait_kick", "perf_vcpu_done", "perf_wait_vcpus",
+                 "perf_stop", "perf_stop_check", "perf_tlb_reach")
+}
+
+
+class ConfigError(ValueError):
+    """A configuration this scenario refuses (one line)."""
+
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*\Z", re.IGNORECASE)
+_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``4096``, ``64K``, ``2M``, ``1G`` (binary units, as the selftest's
+    ``parse_size``); ``KB``/``KiB`` spellings are accepted too."""
+    mt = _SIZE_RE.match(text)
+    if not mt:
+        raise ValueError(f"expected a size like 4096, 64K, 2M or 1G, got {text!r}")
+    return int(mt.group(1)) << _SHIFT[mt.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class Config:
+    design: str
+    mmu: str
+    vcpus: int = 1
+    bytes_per_vcpu: int = DEFAULT_BYTES_PER_VCPU
+    benchmark: bool = False  # -p
+    seed: int = 0
+    keep_tlb: bool = False
+
+    @property
+    def pages_per_vcpu(self) -> int:
+        return self.bytes_per_vcpu // PAGE_SIZE
+
+    @property
+    def total_pages(self) -> int:
+        return self.vcpus * self.pages_per_vcpu
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (or ``NotModelled``) with a one-line reason."""
+        if self.design not in DESIGNS:
+            raise ConfigError(f"unknown design {self.design!r} (known: {', '.join(DESIGNS)})")
+        if self.mmu not in MMU_VARIANTS:
+            raise ConfigError(f"unknown MMU variant {self.mmu!r} "
+                              f"(known: {', '.join(MMU_VARIANTS)})")
+        reason = DESIGNS[self.design].applies(self.mmu)
+        if reason:
+            raise ConfigError(f"{self.design} does not apply to {self.mmu}: {reason}")
+        if self.vcpus < 1:
+            raise ConfigError(f"-v must be at least 1, got {self.vcpus}")
+        if self.bytes_per_vcpu < PAGE_SIZE or self.bytes_per_vcpu % PAGE_SIZE:
+            raise ConfigError(f"-b must be a positive multiple of the 4 KiB page size, got "
+                              f"{self.bytes_per_vcpu} bytes")
+        if self.total_pages > MAX_TOTAL_PAGES:
+            raise ConfigError(
+                f"{self.vcpus} vCPUs x {self.bytes_per_vcpu} bytes is {self.total_pages} "
+                f"pages, above this build's cap of {MAX_TOTAL_PAGES} pages "
+                f"({MAX_TOTAL_PAGES * PAGE_SIZE >> 20} MiB) in total: every page is "
+                f"simulated one operation at a time; chunked timing is not built yet")
+
+
+def perf_cost_model(path: str | None = None) -> CostModel:
+    """The cost model (packaged default or ``path``) plus the harness labels it lacks."""
+    cm = load_cost_model(path)
+    missing = {k: v for k, v in HARNESS_LABELS.items() if k not in cm.labels}
+    return cm.with_labels(missing) if missing else cm
+
+
+def secondary_young(arch: Any) -> np.ndarray:
+    """Per gfn: is the secondary MMU's leaf entry young (would aging see it accessed)?
+    x86 (TDP with or without A/D bits, shadow MMU): ``is_accessed_spte`` (the A bit, or
+    "not access-tracked" without A/D bits); arm64 stage 2: valid with ``AF`` set."""
+    raw = arch.leaf_view()[0]
+    pred = P.kvm_pte_young if isinstance(arch, Arm64Stage2Mmu) else S.is_accessed_spte
+    return np.fromiter((pred(int(x)) for x in raw), dtype=bool, count=len(raw))
+
+
+def _probe() -> Gen:
+    """An empty thread: its start time is the instant its spawner wanted stamped."""
+    return
+    yield  # pragma: no cover  (makes this a generator)
+
+
+def stamp(name: str) -> Gen:
+    """Time-stamp this instant as probe ``name`` (the probe thread starts at the end of
+    the step that spawns it)."""
+    yield spawn(_probe, name=f"probe:{name}")
+
+
+def aging_pass(sys: System) -> Gen:
+    """One MGLRU aging pass over all guest memory: ``walk_pte_range`` per leaf table."""
+    mm = sys.mm
+    step = PTRS_PER_PTE * PAGE_SIZE
+    for a in range(mm.start, mm.end, step):
+        yield from walk_pte_range(sys, mm, a, min(mm.end, a + step))
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass", "fail" or "warn"
+    detail: str
+    value: float | None = None
+    limit: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail,
+                "value": self.value, "limit": self.limit}
+
+
+class _Harness:
+    """The selftest's threads and bookkeeping for one run."""
+
+    def __init__(self, m: Machine, cfg: Config) -> None:
+        self.m = m
+        self.cfg = cfg
+        self.phases = BENCH_PHASES if cfg.benchmark else PHASES
+        self.sys = build_system(m, cfg.design, cfg.mmu, npages=cfg.total_pages,
+                                nvcpus=cfg.vcpus, prefault_primary=True)
+        # the per-step invariants, evaluated at phase boundaries instead (see above)
+        self.invariants = list(m.invariants)
+        m.invariants.clear()
+        m.watches.clear()
+        # [0] go: number of the phase kicked (k + 1); [1] stop flag for the aging
+        # thread; [2 + k] vCPUs done with phase k
+        self.ctl = m.new_words("perf.ctl", 2 + len(self.phases))
+        self.checks: list[Check] = []
+        self.passes = 0
+
+    # -- checks (thread-local code of the main thread: evaluated at that instant) ----
+    def check_invariants(self, where: str) -> None:
+        for name, fn in self.invariants:
+            msg = fn(self.m)
+            if msg:
+                self.checks.append(Check(f"invariant {name}", "fail", f"{where}: {msg}"))
+
+    def check_idle(self, k: int) -> None:
+        young = secondary_young(self.sys.kvms[0].arch)
+        frac = float(young.mean()) if len(young) else 0.0
+        ok = frac <= IDLE_MAX_YOUNG
+        detail = (f"after step {k + 1} ({self.phases[k][0]}): {int(young.sum())}/{len(young)}"
+                  f" pages still young in the secondary MMU")
+        if not ok and self.sys.design.mglru == "primary-only":
+            detail += (" (this design's MGLRU walk clears only the primary PTEs: it never "
+                       "consults the secondary MMU)")
+        self.checks.append(Check("idle: at most 10% still young", "pass" if ok else "fail",
+                                 detail, round(frac, 6), IDLE_MAX_YOUNG))
+
+    def check_young_again(self, k: int) -> None:
+        young = secondary_young(self.sys.kvms[0].arch)
+        frac = float(young.mean()) if len(young) else 1.0
+        ok = frac >= YOUNG_AGAIN_MIN
+        detail = (f"after step {k + 1} ({self.phases[k][0]}): {int(young.sum())}/{len(young)}"
+                  f" pages young again in the secondary MMU")
+        status = "pass" if ok else "fail"
+        if not ok and self.cfg.keep_tlb:
+            status = "warn"
+            detail += (" (--keep-tlb: cached translations set no accessed bit; the selftest"
+                       " only warns in this case, its nested-VM case)")
+        self.checks.append(Check("accessed again: at least 90% young", status, detail,
+                                 round(frac, 6), YOUNG_AGAIN_MIN))
+
+    # -- threads ----------------------------------------------------------------------
+    def vcpu(self, i: int) -> Gen:
+        sys = self.sys
+        vcpu = sys.kvms[0].vcpus[i]
+        ppv = self.cfg.pages_per_vcpu
+        lo, hi = i * ppv, (i + 1) * ppv
+        ctl = self.ctl
+        for k, (_, kind) in enumerate(self.phases):
+            if kind == "idle":
+                continue
+            yield wait_until(ctl, 0, _ALL, k + 1, cost="perf_wait_kick")
+            if k > 0 and not self.cfg.keep_tlb:
+                yield vstore(vcpu.tlb, lo, np.zeros(ppv, dtype=np.uint64),
+                             cost="perf_tlb_reach")
+            write = kind == "write"
+            for g in range(lo, hi):
+                yield from guest_access(sys, vcpu, g, write)
+            yield from stamp(f"end:{k}:{i}")
+            yield fetch_add(ctl, 2 + k, 1, cost="perf_vcpu_done")
+
+    def main(self) -> Gen:
+        """The selftest's main thread: kick each step, wait for the vCPUs, mark idle."""
+        ctl = self.ctl
+        nv = self.cfg.vcpus
+        prev = None
+        for k, (name, kind) in enumerate(self.phases):
+            yield from stamp(f"kick:{k}")
+            if kind == "idle":
+                yield from aging_pass(self.sys)
+                yield from stamp(f"end:{k}:main")
+                self.check_idle(k)
+            else:
+                yield store(ctl, 0, k + 1, cost="perf_kick")
+                yield wait_until(ctl, 2 + k, _ALL, nv, cost="perf_wait_vcpus")
+                if prev == "idle":
+                    self.check_young_again(k)
+            self.check_invariants(f"after step {k + 1} ({name})")
+            prev = kind
+        if self.cfg.benchmark:
+            yield store(ctl, 1, 1, cost="perf_stop")
+
+    def ager(self) -> Gen:
+        """``-p``: aging passes back to back until the main thread sets the stop flag."""
+        ctl = self.ctl
+        while True:
+            stop = yield load(ctl, 1, cost="perf_stop_check")
+            if stop:
+                return
+            n = self.passes
+            yield from stamp(f"pass:{n}:start")
+            yield from aging_pass(self.sys)
+            yield from stamp(f"pass:{n}:end")
+            self.passes += 1
+
+
+@dataclass
+class PerfResult:
+    config: Config
+    cost_model: str
+    phases: list[dict[str, Any]]
+    checks: list[Check]
+    timed: TimedResult
+    bench: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.timed.ok and self.timed.stopped == "done" and all(
+            c.status != "fail" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def render(self) -> str:
+        return render(self)
+
+
+def _dist(d: Dist) -> dict[str, Any]:
+    return {"n": d.n, "mean_ns": round(d.mean, 3), "p50_ns": d.percentile(50),
+            "p99_ns": d.percentile(99), "p99_9_ns": d.percentile(99.9), "max_ns": d.max}
+
+
+def _s(ns: int) -> float:
+    return ns / 1e9
+
+
+def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> PerfResult:
+    """Build and run the scenario; ``cost_model`` defaults to ``perf_cost_model()``."""
+    cfg.validate()
+    cm = cost_model if cost_model is not None else perf_cost_model()
+    missing = {k: v for k, v in HARNESS_LABELS.items() if k not in cm.labels}
+    if missing:
+        cm = cm.with_labels(missing)
+    m = Machine()
+    m.seed = cfg.seed
+    h = _Harness(m, cfg)
+    roles: dict[int, str] = {}
+    for i in range(cfg.vcpus):
+        roles[m.spawn(h.vcpu, i, name=f"vcpu{i}")] = "vcpu"
+    roles[m.spawn(h.main, name="main")] = "aging"
+    if cfg.benchmark:
+        roles[m.spawn(h.ager, name="lru_gen")] = "aging"
+    r = TimedDriver(m, cm, roles=roles).run()
+
+    stamps = {t.name[len("probe:"):]: t.start_ns for t in r.threads
+              if t.name.startswith("probe:")}
+    phases = []
+    for k, (name, kind) in enumerate(h.phases):
+        kick = stamps.get(f"kick:{k}")
+        if kind == "idle":
+            ends = {"main": stamps.get(f"end:{k}:main")}
+        else:
+            ends = {str(i): stamps.get(f"end:{k}:{i}") for i in range(cfg.vcpus)}
+        if kick is None or any(v is None for v in ends.values()):
+            break  # the run stopped early (a violation): report the steps completed
+        per = [v - kick for v in ends.values()]
+        phases.append({"name": name, "kind": kind, "ns": max(per),
+                       "s": _s(max(per)), "per_thread_ns": per})
+    checks = list(h.checks)
+    if r.violation is not None:
+        checks.append(Check("no violation", "fail",
+                            f"{r.violation.kind}: {r.violation.message}"))
+    elif r.stopped != "done":
+        checks.append(Check("run completed", "fail", f"the timed run stopped: {r.stopped}"))
+    elif len(phases) != len(h.phases):
+        checks.append(Check("run completed", "fail", "not every step completed"))
+
+    bench = None
+    if cfg.benchmark:
+        passes = []
+        n = 0
+        while f"pass:{n}:end" in stamps:
+            passes.append(stamps[f"pass:{n}:end"] - stamps[f"pass:{n}:start"])
+            n += 1
+        total = sum(passes)
+        wall = phases[0]["ns"] if phases else 0
+        bench = {"vcpu_wall_time_ns": wall, "vcpu_wall_time_s": _s(wall),
+                 "lru_gen_passes": len(passes), "lru_gen_total_ns": total,
+                 "lru_gen_total_s": _s(total),
+                 "lru_gen_avg_pass_ns": total // len(passes) if passes else 0,
+                 "lru_gen_avg_pass_s": _s(total / len(passes)) if passes else 0.0,
+                 "lru_gen_pass_ns": passes}
+
+    res = PerfResult(cfg, r.cost_model, phases, checks, r, bench)
+    res.data = _to_dict(res)
+    return res
+
+
+def _to_dict(res: PerfResult) -> dict[str, Any]:
+    cfg, r = res.config, res.timed
+    by_role: dict[str, dict[str, int]] = {}
+    for t in r.threads:
+        d = by_role.setdefault(t.role, {})
+        for c, v in t.categories.items():
+            d[c] = d.get(c, 0) + v
+    faults = r.counters.get("vcpu_faults", 0)
+    vcpu_cats = by_role.get("vcpu", {})
+    fault_ns = sum(v for c, v in vcpu_cats.items() if c not in ("guest", "harness"))
+    locks = {}
+    for name, lk in sorted(r.locks.items()):
+        locks[name] = {"kind": lk.kind, "acquisitions": lk.acquisitions,
+                       "contended": lk.contended, "spin_ns": lk.spin_ns,
+                       "sleep_ns": lk.sleep_ns,
+                       "wait": {k: _dist(d) for k, d in sorted(lk.wait.items())},
+                       "hold": {k: _dist(d) for k, d in sorted(lk.hold.items())}}
+    out: dict[str, Any] = {
+        "scenario": SCENARIO,
+        "mode": "benchmark" if cfg.benchmark else "default",
+        "config": {"design": cfg.design, "mmu": cfg.mmu, "vcpus": cfg.vcpus,
+                   "bytes_per_vcpu": cfg.bytes_per_vcpu,
+                   "pages_per_vcpu": cfg.pages_per_vcpu, "total_pages": cfg.total_pages,
+                   "benchmark": cfg.benchmark, "seed": cfg.seed, "keep_tlb": cfg.keep_tlb},
+        "scale_note": (f"small scale: {cfg.total_pages} pages simulated one operation at a "
+                       f"time (cap {MAX_TOTAL_PAGES}); figures come from the cost model, "
+                       "not from hardware"),
+        "cost_model": res.cost_model,
+        "ok": res.ok,
+        "stopped": r.stopped,
+        "violation": (None if r.violation is None
+                      else {"kind": r.violation.kind, "message": r.violation.message}),
+        "phases": res.phases,
+        "checks": [c.to_dict() for c in res.checks],
+    }
+    if res.bench is not None:
+        out.update(res.bench)
+    out.update({
+        "virtual_end_ns": r.end_ns,
+        "steps": r.steps,
+        "cpu_time_ns": dict(sorted(r.categories.items())),
+        "cpu_time_by_role_ns": {k: dict(sorted(v.items())) for k, v in sorted(by_role.items())},
+        "faults": {"vcpu_faults": faults,
+                   "vcpu_host_ns_per_fault": round(fault_ns / faults, 3) if faults else None,
+                   "note": "vCPU time outside guest and harness (exits, fault handling, "
+                           "lock spinning, flush waits) per EPT violation; fault-latency "
+                           "percentiles need a driver hook (not built)"},
+        "locks": locks,
+        "counters": dict(sorted(r.counters.items())),
+        "cas_attempts": r.cas_attempts, "cas_failures": r.cas_failures,
+        "atomic_contended": r.atomic_contended, "tlb_flushes": r.tlb_flushes,
+        "unknown_labels": r.unknown_labels,
+    })
+    return out
+
+
+def _fmt_s(ns: int) -> str:
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
+
+
+def render(res: PerfResult) -> str:
+    """The selftest's output lines, then checks and a short summary."""
+    cfg, r, d = res.config, res.timed, res.data
+    head = (f"{SCENARIO} (youngsim, timed model): design {cfg.design}, mmu {cfg.mmu}, "
+            f"{cfg.vcpus} vCPU(s) x {cfg.bytes_per_vcpu} bytes "
+            f"({cfg.pages_per_vcpu} pages each, {cfg.total_pages} total)"
+            + (", benchmark mode (-p)" if cfg.benchmark else ""))
+    out = [head, (f"virtual times from {res.cost_model} at this small scale (cap "
+                  f"{MAX_TOTAL_PAGES} pages); not hardware measurements")]
+    for p in res.phases:
+        out.append(f"{p['name']:<30}: {_fmt_s(p['ns'])}")
+    if res.bench is not None and not res.phases:
+        out.append("vcpu wall time and lru_gen passes: n/a (the run stopped early)")
+    elif res.bench is not None:
+        b = res.bench
+        out.append(f"{'vcpu wall time':<30}: {_fmt_s(b['vcpu_wall_time_ns'])}")
+        out.append(f"lru_gen avg pass duration : {_fmt_s(b['lru_gen_avg_pass_ns'])}, "
+                   f"(passes:{b['lru_gen_passes']}, total:{_fmt_s(b['lru_gen_total_ns'])})")
+    out.append("")
+    for c in res.checks:
+        out.append(f"check {c.status.upper():<4} {c.name}: {c.detail}")
+    if not res.checks:
+        out.append("checks: none in benchmark mode (as in the selftest's -p)")
+    cats = d["cpu_time_ns"]
+    total = sum(cats.values()) or 1
+    out.append("")
+    out.append("CPU time by category: " + ", ".join(
+        f"{c} {v / 1e3:.1f}us ({100.0 * v / total:.1f}%)" for c, v in cats.items()))
+    f = d["faults"]
+    if f["vcpu_faults"]:
+        out.append(f"vCPU faults: {f['vcpu_faults']}, host time per fault "
+                   f"{f['vcpu_host_ns_per_fault']:.0f} ns")
+    for name, lk in d["locks"].items():
+        if "mmu_lock" not in name:
+            continue
+        parts = []
+        for role, w in lk["wait"].items():
+            hd = lk["hold"].get(role)
+            parts.append(f"{role} n={w['n']} wait p50/p99/max {w['p50_ns']}/{w['p99_ns']}/"
+                         f"{w['max_ns']} ns" + (f", hold mean {hd['mean_ns']:.0f} ns"
+                                                 if hd else ""))
+        out.append(f"{name}: {lk['acquisitions']} acquisitions, {lk['contended']} contended,"
+                   f" spinning {lk['spin_ns']} ns; " + "; ".join(parts))
+    cn = d["counters"]
+    keys = [k for k in ("false_old", "false_young", "vcpu_faults", "tlb_hits",
+                        "walk_pages", "walk_young", "tlb_flushes") if k in cn]
+    out.append("counters: " + (", ".join(f"{k} {cn[k]}" for k in keys) or "none"))
+    if r.unknown_labels:
+        out.append("WARNING: labels missing from the cost model (kind default used): "
+                   + ", ".join(sorted(r.unknown_labels)))
+    out.append(f"{'PASS' if res.ok else 'FAIL'}: {r.steps} steps simulated in "
+               f"{r.wall_s:.2f} s wall")
+    return "\n".join(out)

@@ -1,0 +1,156 @@
+"""The timed ``access_tracking_perf_test`` scenario (``youngsim run``), at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from youngsim.cli import main
+from youngsim.perf import MAX_TOTAL_PAGES, Config, parse_size, run_access_tracking
+
+SMALL = ["-v", "2", "-b", "32K"]
+STEP_RE = re.compile(r"^(.{30}): (\d+)\.(\d{9})s$")
+STEPS = ["Populating memory", "Writing to populated memory", "Reading from populated memory",
+         "Mark memory idle (lru_gen)", "Writing to idle memory", "Mark memory idle (lru_gen)",
+         "Reading from idle memory"]
+JSON_KEYS = {"scenario", "mode", "config", "cost_model", "scale_note", "ok", "phases",
+             "checks", "cpu_time_ns", "cpu_time_by_role_ns", "faults", "locks", "counters",
+             "steps", "virtual_end_ns"}
+BENCH_KEYS = {"vcpu_wall_time_s", "lru_gen_avg_pass_s", "lru_gen_passes", "lru_gen_total_s"}
+
+
+def run_cli(capsys, *args):
+    rc = main(["run", "access_tracking_perf_test", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def step_lines(out):
+    rows = []
+    for line in out.splitlines():
+        mt = STEP_RE.match(line)
+        if mt:
+            rows.append((mt.group(1).rstrip(), int(mt.group(2)) * 10**9 + int(mt.group(3))))
+    return rows
+
+
+# one locked (write-locked, per page) and one lockless design
+@pytest.mark.parametrize("design", ["upstream-6.12", "upstream"])
+def test_default_mode_steps_checks_and_json(capsys, tmp_path, design):
+    path = tmp_path / "out.json"
+    rc, out, err = run_cli(capsys, *SMALL, "--design", design, "--mmu", "x86-tdp",
+                           "--json", str(path))
+    assert rc == 0, out + err
+    assert "costs.toml" in out and "small scale" in out  # honest header
+    rows = step_lines(out)
+    assert [n for n, _ in rows] == STEPS
+    assert all(ns > 0 for _, ns in rows)
+    assert out.count("check PASS") == 4 and "check FAIL" not in out
+    d = json.loads(path.read_text())
+    assert JSON_KEYS <= set(d)
+    assert d["ok"] is True and d["mode"] == "default"
+    assert [p["name"] for p in d["phases"]] == STEPS
+    assert all(p["ns"] > 0 and p["s"] > 0 for p in d["phases"])
+    idle = [c for c in d["checks"] if c["name"].startswith("idle")]
+    again = [c for c in d["checks"] if c["name"].startswith("accessed again")]
+    assert len(idle) == 2 and all(c["status"] == "pass" and c["value"] <= 0.1 for c in idle)
+    assert len(again) == 2 and all(c["status"] == "pass" and c["value"] >= 0.9 for c in again)
+    assert d["faults"]["vcpu_faults"] >= 16  # every page (2 x 8) faults in once
+    assert d["cpu_time_ns"]["fault"] > 0 and d["cpu_time_ns"]["guest"] > 0
+    assert any("mmu_lock" in n for n in d["locks"])
+    assert not d["unknown_labels"]
+    if design == "upstream-6.12":  # aging takes mmu_lock for write
+        lk = next(v for n, v in d["locks"].items() if "mmu_lock" in n)
+        assert "aging:write" in lk["hold"]
+
+
+@pytest.mark.parametrize("design", ["reviewed-locked", "yu-v2"])
+def test_benchmark_mode(capsys, tmp_path, design):
+    path = tmp_path / "bench.json"
+    rc, out, err = run_cli(capsys, *SMALL, "-p", "--design", design, "--mmu", "x86-tdp",
+                           "--json", str(path))
+    assert rc == 0, out + err
+    assert re.search(r"^vcpu wall time {16}: \d+\.\d{9}s$", out, re.MULTILINE)
+    assert re.search(r"^lru_gen avg pass duration : \d+\.\d{9}s, \(passes:\d+, "
+                     r"total:\d+\.\d{9}s\)$", out, re.MULTILINE)
+    d = json.loads(path.read_text())
+    assert BENCH_KEYS <= set(d) and JSON_KEYS <= set(d)
+    assert d["vcpu_wall_time_s"] > 0 and d["lru_gen_passes"] >= 1
+    assert d["lru_gen_avg_pass_s"] > 0
+    assert d["lru_gen_total_s"] == pytest.approx(d["lru_gen_avg_pass_s"] * d["lru_gen_passes"])
+    # the aging thread stopped (the run ended) and did its passes as the aging role
+    assert d["stopped"] == "done" and d["cpu_time_by_role_ns"]["aging"]["aging"] > 0
+
+
+def test_deterministic_json_bit_for_bit(capsys, tmp_path):
+    texts = []
+    for i in range(2):
+        p = tmp_path / f"r{i}.json"
+        rc, _, _ = run_cli(capsys, *SMALL, "-p", "--design", "upstream-6.12",
+                           "--mmu", "x86-tdp", "--seed", "7", "--json", str(p))
+        assert rc == 0
+        texts.append(p.read_bytes())
+    assert texts[0] == texts[1]
+    a = run_access_tracking(Config("upstream", "x86-tdp", vcpus=2, bytes_per_vcpu=32768))
+    b = run_access_tracking(Config("upstream", "x86-tdp", vcpus=2, bytes_per_vcpu=32768))
+    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+
+
+def test_primary_only_design_fails_the_idle_check_as_a_report(capsys):
+    # legacy MGLRU never ages the secondary MMU: a reported failure, exit 1, no traceback
+    rc, out, err = run_cli(capsys, "-v", "1", "-b", "16K", "--design", "legacy-noflush",
+                           "--mmu", "x86-tdp")
+    assert rc == 1 and "Traceback" not in out + err
+    assert "check FAIL idle" in out and "never consults the secondary MMU" in out
+
+
+def test_keep_tlb_turns_the_young_again_check_into_a_warning(capsys):
+    rc, out, _ = run_cli(capsys, "-v", "1", "-b", "16K", "--keep-tlb", "--design",
+                         "upstream", "--mmu", "x86-tdp")
+    assert rc == 0 and "check WARN" in out
+
+
+D = ["--design", "upstream", "--mmu", "x86-tdp"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["-b", "3K", *D], "multiple of the 4 KiB page size"),
+    (["-b", "12Q", *D], "expected a size"),
+    (["-v", "0", *D], "positive integer"),
+    (["-v", "64", "-b", "8M", *D], f"cap of {MAX_TOTAL_PAGES} pages"),
+    (["--design", "nope", "--mmu", "x86-tdp"], "unknown design"),
+    (["--design", "upstream", "--mmu", "nope"], "unknown MMU variant"),
+    (["--cost-model", "/nonexistent/costs.toml", *D], "cannot read cost model"),
+    (["--seed", "-1", *D], "non-negative integer"),
+])
+def test_bad_options_exit_2_with_one_line(capsys, args, msg):
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("youngsim: error:") and msg in lines[0]
+    assert "Traceback" not in out + err
+
+
+def test_cap_message_says_chunked_timing_is_not_built(capsys):
+    rc, _, err = run_cli(capsys, "-v", "64", "-b", "8M", "--design", "upstream",
+                         "--mmu", "x86-tdp")
+    assert rc == 2 and "chunked timing is not built yet" in err
+
+
+def test_missing_design_and_unknown_scenario(capsys):
+    rc, _, err = run_cli(capsys, "--design", "upstream")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    rc = main(["run", "nope", "--design", "upstream", "--mmu", "x86-tdp"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "unknown scenario" in err
+
+
+def test_parse_size():
+    assert parse_size("4096") == 4096
+    assert parse_size("64K") == 65536 and parse_size("64k") == 65536
+    assert parse_size("2M") == 2 << 20 and parse_size("1G") == 1 << 30
+    assert parse_size("32KiB") == 32768
+    with pytest.raises(ValueError):
+        parse_size("1.5M")

@@ -51,6 +51,7 @@ class System:
         #: 0x8 secondary-MMU walk (yu-v2 patch 10 adds the last); all on by default
         self.lru_gen_enabled = 0x000F
         self._calls: dict[int, list[dict[str, Any]]] = {}
+        self.samples: dict[str, list[int]] = {}
         m.use_rcu_sched(self.rcu)
 
     def bug(self, name: str) -> bool:
@@ -59,6 +60,10 @@ class System:
 
     def count(self, key: str, n: int = 1) -> None:
         self.m.count(key, n)
+
+    def sample(self, key: str, value: int) -> None:
+        """Record a measured value (a latency in virtual ns, from ``Machine.now``)."""
+        self.samples.setdefault(key, []).append(value)
 
     # -- per-call ghost records for the API-contract monitors ---------------------------
     # A monitor opens a record around a call; the secondary MMU's code notes in every

@@ -140,6 +140,10 @@ class Machine:
         self.objects: dict[int, Words] = {}  # address -> object, for pointers in words
         self.seed = 0
         self.current: Thread | None = None  # the thread whose step is executing
+        #: virtual time (ns) at which the executing step started: set by the timed
+        #: driver; always 0 under the checker. Model code may read it to record latencies
+        #: (never to decide anything, or checked and timed runs would diverge).
+        self.now = 0
         #: RCU flavour consolidation (Linux >= 4.20): a region with a spinning lock held
         #: (preemption disabled) is an RCU read-side critical section of this domain.
         self.rcu_sched: RcuDomain | None = None

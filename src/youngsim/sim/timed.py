@@ -824,6 +824,7 @@ class TimedDriver:
                 if period:
                     if c and cid != SLEEP_ID:
                         self._sample(tid, t, c)
+                m.now = now
                 step(tid)
                 steps += 1
                 clk[tid] = end

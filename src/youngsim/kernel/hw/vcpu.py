@@ -50,11 +50,16 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
     if t & TLB_VALID and (not write or t & TLB_WRITE):
         sys.count("tlb_hits")
     else:
+        fault_at = -1
         while not (yield from arch.hw_walk(vcpu, gfn, write)):
+            if fault_at < 0:
+                fault_at = sys.m.now  # the EPT violation / stage-2 abort
             yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
             sys.count("vcpu_faults")
             yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
             yield from vcpu_enter(vcpu, "vm_entry")
+        if fault_at >= 0:  # virtual time from the fault to the translation that worked
+            sys.sample("fault_latency_ns", sys.m.now - fault_at)
         yield store(vcpu.tlb, gfn, TLB_VALID | (TLB_WRITE if write else 0), cost="tlb_fill")
     sys.ghost.accessed[gfn] = True
     yield store(vcpu.insn, 0, 0, cost="guest_insn_end")

@@ -8,6 +8,7 @@ expected one; for ``run``, a failed scenario check), 2 bad usage or input. Error
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn, Sequence
 
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-tlb", action="store_true",
                    help="do not empty each vCPU's TLB between steps (the selftest's"
                         " nested-VM case: an effectively unlimited TLB)")
+
+    c2 = sub.add_parser("compare", help="designs side by side on the timed driver: a table "
+                                         "and a report folder")
+    c2.add_argument("--preset", default="default",
+                    help="default: locked vs lockless x per-page vs batched")
+    c2.add_argument("--out", metavar="DIR", default=None,
+                    help="report folder (default: reports/compare-PRESET)")
+    c2.add_argument("--cost-model", metavar="FILE",
+                    help="cost model TOML (default: the packaged data/costs.toml)")
     return p
 
 
@@ -342,6 +352,47 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .check.model import NotModelled
+    from .perf.access_tracking import perf_cost_model
+    from .perf.compare import (PresetError, decompose, get_preset, render_decomposition,
+                               render_table, run_compare, write_report)
+
+    try:
+        preset = get_preset(a.preset)
+        cm = perf_cost_model(a.cost_model)
+    except (PresetError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    out_dir = a.out or os.path.join("reports", f"compare-{preset.name}")
+    total = len(preset.designs) * len(preset.vcpus)
+    print(f"youngsim compare, preset {preset.name}: {preset.description}; "
+          f"{preset.mmu}, {preset.bytes_per_vcpu >> 10} KiB per vCPU; figures are "
+          "virtual time from the cost model at small scale")
+    with tqdm(total=total, desc="compare", unit="run", file=sys.stderr,
+              disable=None) as bar:
+        def progress(done: str) -> None:
+            bar.set_postfix_str(done)
+            bar.update(1)
+
+        try:
+            rows = run_compare(preset, cm, progress=progress)
+        except (ValueError, NotModelled) as e:
+            raise UsageError(str(e)) from None
+    dec = decompose(rows)
+    print(render_table(rows))
+    print()
+    print(render_decomposition(dec))
+    command = "youngsim compare" + (f" --preset {preset.name}" if a.preset != "default" else "")
+    try:
+        paths = write_report(out_dir, preset, rows, dec, command)
+    except OSError as e:
+        raise UsageError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
+    print(f"\nreport: {', '.join(paths)}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -354,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_mutants(a)
         if a.command == "run":
             return cmd_run(a)
+        if a.command == "compare":
+            return cmd_compare(a)
         return cmd_replay(a)
     except UsageError as e:
         print(f"youngsim: error: {e}", file=sys.stderr)

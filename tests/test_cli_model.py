@@ -107,3 +107,27 @@ def test_list_models(capsys):
     assert "\n  x86-tdp\n" in out and "\n  x86-tdp-noad\n" in out
     for name in SCENARIOS:
         assert f"  {name.ljust(12)} " in out
+
+
+def test_matrix_renders_every_cell_kind():
+    """check --all's rendering: verdicts, n/a scenarios, not-modelled cells, imprecision."""
+    from youngsim.check.matrix import Cell, ScenarioVerdict, render_matrix
+
+    cells = [
+        Cell("upstream", "x86-tdp", "bounded", "clean", [
+            ScenarioVerdict("age-zap", "bounded", 2, 10, "g", {"false_old": 3}),
+            ScenarioVerdict("age-wrprot", "complete", None, 4, "g",
+                            {"clears_clobbered": 1}),
+        ]),
+        Cell("upstream", "arm64", "bounded", "clean", [
+            ScenarioVerdict("age-wrprot", "n/a", None, 0, "TDP MMU only")]),
+        Cell("legacy", "x86-tdp", "violation", "age-zap: bad", [
+            ScenarioVerdict("age-zap", "violation", None, 1, "g", {}, "spte-x: bad",
+                            "ys1:model/legacy/x86-tdp/age-zap:s0:0")]),
+        Cell("legacy", "arm64", "not modelled", "no scenario applies"),
+    ]
+    out = render_matrix(cells)
+    assert "VIOLATION" in out and "not modelled" in out
+    assert "age-wrprot: n/a: TDP MMU only" in out
+    assert "false_old 3" in out and "clears_clobbered 1" in out
+    assert "youngsim replay ys1:model/legacy/x86-tdp/age-zap:s0:0" in out

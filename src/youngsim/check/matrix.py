@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..designs import DESIGNS, MMU_VARIANTS
 from ..sim.explore import systematic
 from .model import MODELLED_MMUS, NotModelled
-from .runner import SearchOptions, check
+from .runner import IMPRECISION, SearchOptions, check
 from .scenarios import SCENARIOS, program
 
 #: executions for the first, unbounded attempt; each bounded attempt (<= 2, then <= 1

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
-import numpy as np
 
 from ...sim import Op, read_lock, read_unlock
 from ..kvm.arch import KvmArchMmu
 from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_mmu_invalidate_wait)
 from . import spte as S
+from .ept import spte_leaf_view
 from .tdp_mmu import RET_PF_RETRY, TdpMmu
 
 if TYPE_CHECKING:
@@ -78,11 +78,7 @@ class X86TdpMmu(KvmArchMmu):
 
     # -- model side ------------------------------------------------------------------
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
-        sptes = self.tdp.leaf_entries_now()
-        present = (sptes & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
-        pfn = (sptes & np.uint64(S.SPTE_PFN_MASK)) >> np.uint64(S.SPTE_PFN_SHIFT)
-        dirty = (sptes & np.uint64(S.shadow_dirty_mask)) != 0
-        return sptes, present, pfn, dirty
+        return spte_leaf_view(self.tdp.leaf_entries_now())
 
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         self.tdp.prepopulate(gfn, pfn, write, young)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
-import numpy as np
 
 from ...sim import (BUG_ON, Op, alloc, cas, fetch_and, free, load, store, vload,
                     wait_until, write_lock, write_unlock, xchg)
@@ -57,6 +56,7 @@ from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_flush_remo
                             kvm_mmu_invalidate_wait)
 from ..hw.tables import TwoLevelTables
 from ..kvm.arch import KvmArchMmu
+from .ept import ept_walk, spte_leaf_view
 from . import spte as S
 from .tdp_mmu import RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS
 
@@ -222,33 +222,12 @@ class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
 
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
         """Per gfn: (raw leaf entries, shadow-present, pfn, dirty) as numpy arrays."""
-        sptes = self.leaf_entries_now()
-        present = (sptes & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
-        pfn = (sptes & np.uint64(S.SPTE_PFN_MASK)) >> np.uint64(S.SPTE_PFN_SHIFT)
-        dirty = (sptes & np.uint64(S.shadow_dirty_mask)) != 0
-        return sptes, present, pfn, dirty
+        return spte_leaf_view(self.leaf_entries_now())
 
     # -- hardware ---------------------------------------------------------------------
     def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
-        """The CPU walking the shadow tables on a TLB miss: sets A (and D on a write)
-        with an atomic update. False means a fault (the vCPU exits to KVM)."""
-        ri, li = self.split(gfn)
-        e = yield load(self.root, ri, cost="hw_walk")
-        if not S.hw_present(e):
-            return False
-        sp = self.child(e)
-        while True:
-            s = yield load(sp, li, cost="hw_walk")
-            if not S.hw_present(s) or (write and not s & S.VMX_EPT_WRITABLE):
-                return False
-            new = s | S.shadow_accessed_mask | (S.shadow_dirty_mask if write else 0)
-            if new == s:
-                return True
-            old = yield cas(sp, li, s, new, cost="hw_ad_update")
-            if old == s:
-                if write:
-                    self.ghost_dirty.add(gfn)
-                return True
+        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``)."""
+        return (yield from ept_walk(self, gfn, write))
 
     # -- vCPU fault path (mmu_lock held for write) ---------------------------------------
     def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:

@@ -27,6 +27,7 @@ import numpy as np
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vxchg, xchg)
 from ..hw.tables import TwoLevelTables
+from .ept import ept_walk
 from . import spte as S
 
 if TYPE_CHECKING:
@@ -131,27 +132,8 @@ class TdpMmu(TwoLevelTables):
 
     # -- hardware ---------------------------------------------------------------------
     def hw_walk(self, gfn: int, write: bool) -> Gen:
-        """The CPU's EPT walk on a TLB miss: sets A (and D on write) with an atomic update
-        if A/D bits are on. False means an EPT violation (the vCPU exits to KVM)."""
-        ri, li = self.split(gfn)
-        e = yield load(self.root, ri, cost="hw_walk")
-        if not S.hw_present(e):
-            return False
-        table = self.child(e)
-        while True:
-            s = yield load(table, li, cost="hw_walk")
-            if not S.hw_present(s) or (write and not s & S.VMX_EPT_WRITABLE):
-                return False
-            if not S.spte_ad_enabled(s):
-                return True
-            new = s | S.shadow_accessed_mask | (S.shadow_dirty_mask if write else 0)
-            if new == s:
-                return True
-            old = yield cas(table, li, s, new, cost="hw_ad_update")
-            if old == s:
-                if write:
-                    self.ghost_dirty.add(gfn)
-                return True
+        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``)."""
+        return (yield from ept_walk(self, gfn, write))
 
     # -- zapping (mmu_lock held for write) ------------------------------------------
     def kvm_tdp_mmu_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:

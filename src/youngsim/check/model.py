@@ -117,8 +117,8 @@ def install_invariants(sys: System) -> None:
         for kvm in sys.kvms:
             arch = kvm.arch
             raw, present, pfn, _ = arch.leaf_view()
-            for g in np.flatnonzero(present):
-                g = int(g)
+            for gi in np.flatnonzero(present):
+                g = int(gi)
                 want = arch.tables.ghost_installed.get(g)
                 if want is None:
                     return f"{kvm.name}: gfn {g}: zapped SPTE resurrected as {int(raw[g]):#x}"

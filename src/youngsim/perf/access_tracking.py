@@ -364,7 +364,7 @@ def _dist(d: Dist) -> dict[str, Any]:
             "p99_ns": d.percentile(99), "p99_9_ns": d.percentile(99.9), "max_ns": d.max}
 
 
-def _s(ns: int) -> float:
+def _s(ns: float) -> float:
     return ns / 1e9
 
 
@@ -388,7 +388,7 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
 
     stamps = {t.name[len("probe:"):]: t.start_ns for t in r.threads
               if t.name.startswith("probe:")}
-    phases = []
+    phases: list[dict[str, Any]] = []
     for k, (name, kind) in enumerate(h.phases):
         kick = stamps.get(f"kick:{k}")
         if kind == "idle":
@@ -397,7 +397,7 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
             ends = {str(i): stamps.get(f"end:{k}:{i}") for i in range(cfg.vcpus)}
         if kick is None or any(v is None for v in ends.values()):
             break  # the run stopped early (a violation): report the steps completed
-        per = [v - kick for v in ends.values()]
+        per = [v - kick for v in ends.values() if v is not None]
         phases.append({"name": name, "kind": kind, "ns": max(per),
                        "s": _s(max(per)), "per_thread_ns": per})
     checks = list(h.checks)

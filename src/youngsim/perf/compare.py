@@ -89,7 +89,8 @@ def run_compare(preset: Preset, cost_model: CostModel | None = None,
                          benchmark=True)
             res = run_access_tracking(cfg, cost_model)
             d = res.data
-            lock = next((lk for name, lk in d["locks"].items() if "mmu_lock" in name), {})
+            lock: dict[str, Any] = next(
+                (lk for name, lk in d["locks"].items() if "mmu_lock" in name), {})
             acq = lock.get("acquisitions", 0)
             locking, calls = AXES.get(design, ("?", "?"))
             rows.append({

@@ -49,9 +49,10 @@ def footprint(m: Machine, tid: int) -> Footprint:
     op = m.threads[tid].pending
     if op is None or op.obj is None:
         return ()
-    acc = (op.obj.oid, op.lo, op.hi, op.write)
+    acc: Access = (op.obj.oid, op.lo, op.hi, op.write)
     rs = m.rcu_sched
     if rs is not None and op.kind in _SPIN_KINDS and not getattr(op.obj, "sleeping", True):
+        assert rs.oid is not None  # assigned by Machine.use_rcu_sched
         return (acc, (rs.oid, 0, 1, False))
     return (acc,)
 
@@ -263,14 +264,15 @@ def systematic(program: Program, reduction: bool = True, preemption_bound: int |
                 if reduction:
                     _detect_races(nodes, clocks, tclock, by_oid, fps, m, depth,
                                   bound is not None)
-                tid = _choose(node, bound, reduction)
-                if tid is None:
+                choice = _choose(node, bound, reduction)
+                if choice is None:
                     if any(p not in node.sleep for p in runnable):
                         pruned_by_bound = True
                     else:
                         res.sleep_blocked += 1
                     nodes.pop()
                     break
+                tid = choice
                 node.tid = tid
                 node.done.add(tid)
                 node.backtrack.add(tid)

@@ -47,7 +47,7 @@ def footprint(m: Machine, tid: int) -> Footprint:
     consolidated RCU domain when the machine has one (``Machine.rcu_sched``): it opens or
     closes an implicit read section, which grace periods must be ordered against."""
     op = m.threads[tid].pending
-    if op is None or op.obj is None:
+    if op.obj is None:
         return ()
     acc: Access = (op.obj.oid, op.lo, op.hi, op.write)
     rs = m.rcu_sched

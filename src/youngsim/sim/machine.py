@@ -67,6 +67,11 @@ def WARN_ON(cond: Any, message: str = "WARN_ON", kind: str = "warn") -> bool:
     return False
 
 
+#: the pending operation of a thread that has none (not started, or finished): an Op,
+#: so drivers' hot loops need no None checks; they test ``Thread.done`` first
+NO_OP = O.nop("no operation")
+
+
 class Thread:
     __slots__ = ("tid", "name", "gen", "pending", "done", "result", "locks", "atomic",
                  "steps", "loc", "daemon", "readers", "nalloc")
@@ -75,7 +80,8 @@ class Thread:
         self.tid = tid
         self.name = name
         self.gen = gen
-        self.pending: Op | None = None
+        #: the next operation; ``NO_OP`` before the first yield and once done
+        self.pending: Op = NO_OP
         self.done = False
         self.result: Any = None
         self.locks: list[tuple[Lock, int]] = []  # held locks with their mode
@@ -187,7 +193,7 @@ class Machine:
         """
         tid = len(self.threads)
         gen = fn(*args)
-        t = Thread(tid, name or getattr(fn, "__name__", "thread"), gen)
+        t = Thread(tid, name or str(getattr(fn, "__name__", "thread")), gen)
         t.daemon = daemon
         self.threads.append(t)
         if not daemon:
@@ -225,7 +231,6 @@ class Machine:
         if t.done:
             return False
         op = t.pending
-        assert op is not None
         k = op.kind
         if k == _WAIT:
             w = op.obj
@@ -270,7 +275,7 @@ class Machine:
         """Execute thread ``tid``'s pending operation, then advance it to its next one."""
         t = self.threads[tid]
         op = t.pending
-        assert op is not None and not t.done
+        assert not t.done
         self.nsteps += 1
         t.steps += 1
         live_before = self.live
@@ -347,7 +352,7 @@ class Machine:
             else:
                 return False
         waits = "; ".join(
-            f"{t.name} waits in {t.pending.describe() if t.pending else '?'}"
+            f"{t.name} waits in {t.pending.describe()}"
             for t in self.threads if not t.done and not t.daemon)
         self.violation = Violation("deadlock", f"no thread can run: {waits}")
         return True
@@ -382,7 +387,7 @@ class Machine:
         """The generator of ``t`` returned or raised instead of yielding."""
         if isinstance(e, StopIteration):
             t.done = True
-            t.pending = None
+            t.pending = NO_OP
             t.result = e.value
             if not t.daemon:
                 self.live -= 1
@@ -390,11 +395,11 @@ class Machine:
         elif isinstance(e, Violation):
             e.tid = t.tid
             self.violation = e
-            t.pending = None
+            t.pending = NO_OP
             t.done = True
         else:  # a model bug or a crash of seeded-buggy code: an "oops"
             self.violation = Violation("exception", f"{type(e).__name__}: {e}", t.tid)
-            t.pending = None
+            t.pending = NO_OP
             t.done = True
 
     def _bad_yield(self, t: Thread, op: Any) -> None:

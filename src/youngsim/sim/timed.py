@@ -559,6 +559,7 @@ class TimedDriver:
         self._park[tid] = (cid, handoff, spinning, leaf, ls)
 
     def _lock_park_rec(self, lock: Any, ls: _LockStats, read: bool) -> tuple[Any, ...]:
+        rec: tuple[int, int, bool, str | None, _LockStats]
         if lock.sleeping:
             rec = (self.SLEEP, self._wakeup, False, None, ls)
         else:
@@ -576,6 +577,7 @@ class TimedDriver:
         n = b1 // self.period - b0 // self.period
         if n:
             st = (f"[{self._role[tid]}]",) + generator_stack(self.m.threads[tid].gen)
+            assert self.profile is not None  # sampling is on only with a profile
             self.profile.add(st + (leaf,) if leaf else st, n)
 
     def _wake(self, tid: int, at: int) -> None:
@@ -607,8 +609,8 @@ class TimedDriver:
         if not ws:
             return
         enabled = self.m.enabled
-        keep = []
-        woke = []
+        keep: list[int] = []
+        woke: list[int] = []
         for w in ws:
             (woke if enabled(w) else keep).append(w)
         if woke:
@@ -740,7 +742,9 @@ class TimedDriver:
             _KC_CAS, _KC_VEC, _KC_SPAWN, _KC_ACQ, _KC_REL, _KC_GRANT)
         CALL_RCU = O.CALL_RCU
         rcu_sched = m.rcu_sched
-        rs_oid = rcu_sched.oid if rcu_sched is not None else -1
+        rs_oid: int = -1
+        if rcu_sched is not None and rcu_sched.oid is not None:
+            rs_oid = rcu_sched.oid
         all_daemon = self._all_daemon
         limit = until_ns if until_ns is not None else float("inf")
         budget = max_steps if max_steps is not None else -1
@@ -778,9 +782,8 @@ class TimedDriver:
                 if lab is None:
                     info = kinds[k]
                 else:
-                    info = labels.get(lab)
-                    if info is None:
-                        info = self._unknown(lab, k)
+                    found = labels.get(lab)
+                    info = found if found is not None else self._unknown(lab, k)
                 obj = op.obj
                 c = info[0]
                 kc = kclass[k]
@@ -833,6 +836,7 @@ class TimedDriver:
                     break
                 if kc >= KC_ACQ:
                     # -- lock statistics, parking a refused request, waking the head --
+                    assert ls is not None  # looked up above for every lock operation
                     if kc == KC_REL:
                         who = tid * 4 + (1 if k == READ_UNLOCK else
                                          (2 if obj.shared_ok else 0))
@@ -880,16 +884,16 @@ class TimedDriver:
                             if h in park and obj.owner is None and (
                                     hmode == READ or not obj.readers):
                                 # wake the head (inline _wake for the common case)
-                                rec = park.pop(h)
+                                hrec = park.pop(h)
                                 c0 = clk[h]
-                                ready = (c0 if c0 > end else end) + rec[1]
+                                ready = (c0 if c0 > end else end) + hrec[1]
                                 dt = ready - c0
                                 if dt:
-                                    cat[h][rec[0]] += dt
-                                    if rec[2]:
+                                    cat[h][hrec[0]] += dt
+                                    if hrec[2]:
                                         ls.spin_ns += dt
                                         if period:
-                                            self._sample_wait(h, dt, rec[3])
+                                            self._sample_wait(h, dt, hrec[3])
                                     else:
                                         ls.sleep_ns += dt
                                 clk[h] = ready
@@ -947,6 +951,7 @@ class TimedDriver:
         self._busy[tid] = b1
         n = b1 // self.period - b0 // self.period
         if n:
+            assert self.profile is not None  # sampling is on only with a profile
             self.profile.add((f"[{self._role[tid]}]",) + generator_stack(t.gen), n)
 
     def _cas(self, op: O.Op, lab: str | None) -> None:

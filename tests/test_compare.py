@@ -69,3 +69,32 @@ def test_bad_presets_are_one_line_errors(preset, needle, capsys):
     assert main(["compare", "--preset", preset]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_profiles_of_the_largest_runs_go_into_the_report(tmp_path):
+    profiles: dict = {}
+    rows = run_compare(Preset("p", "t", ("upstream-6.12", "yu-v2"), (1, 2), 16 << 10),
+                       profiles=profiles)
+    assert sorted(profiles) == ["upstream-6.12", "yu-v2"]
+    # sampling does not change what is measured
+    assert rows == run_compare(Preset("p", "t", ("upstream-6.12", "yu-v2"), (1, 2),
+                                      16 << 10))
+    # the locked per-page design's aging runs through kvm_handle_hva_range under the lock
+    assert "queued_write_lock_slowpath" in profiles["upstream-6.12"].folded() or \
+        "kvm_handle_hva_range" in profiles["upstream-6.12"].folded()
+    paths = write_report(str(tmp_path), MINI, rows, decompose(rows), "c", profiles)
+    names = {os.path.basename(p) for p in paths}
+    assert {"profile-yu-v2.folded", "profile-yu-v2.txt"} <= names
+    folded = (tmp_path / "profile-yu-v2.folded").read_text().splitlines()
+    assert folded and all(ln.rsplit(" ", 1)[1].isdigit() for ln in folded)
+    assert "## Profiles" in (tmp_path / "report.md").read_text()
+
+
+def test_run_writes_a_profile(tmp_path, capsys):
+    out = tmp_path / "prof"
+    rc = main(["run", "access_tracking_perf_test", "-p", "-v", "2", "-b", "16K",
+               "--design", "upstream", "--mmu", "x86-tdp", "--profile", str(out)])
+    assert rc == 0
+    table = (out / "profile.txt").read_text()
+    assert "Children" in table and "guest_access" in table
+    assert (out / "profile.folded").read_text().strip()

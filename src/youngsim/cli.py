@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .check.examples import EXAMPLES
 from .check.registry import UnknownProgram, resolve
@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cost model TOML (default: the packaged data/costs.toml)")
     t.add_argument("--seed", type=_nonneg_int, default=0,
                    help="recorded in the results (the scenario makes no random choices)")
+    t.add_argument("--profile", metavar="DIR",
+                   help="sample simulated call stacks; write DIR/profile.folded (flamegraph"
+                        " input) and DIR/profile.txt (perf report --children style)")
+    t.add_argument("--profile-period", type=_pos_int, default=100, metavar="NS",
+                   help="virtual ns of on-CPU time per stack sample (default 100)")
     t.add_argument("--keep-tlb", action="store_true",
                    help="do not empty each vCPU's TLB between steps (the selftest's"
                         " nested-VM case: an effectively unlimited TLB)")
@@ -334,7 +339,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfg = Config(design=a.design, mmu=a.mmu, vcpus=a.vcpus,
                  bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
                                  else DEFAULT_BYTES_PER_VCPU),
-                 benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb)
+                 benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb,
+                 profile_period_ns=a.profile_period if a.profile else 0)
     try:
         cfg.validate()
         cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate
@@ -342,6 +348,19 @@ def cmd_run(a: argparse.Namespace) -> int:
     except (ValueError, NotModelled) as e:
         raise UsageError(str(e)) from None
     print(res.render())
+    profile = res.timed.profile
+    if a.profile is not None and profile is not None:
+        try:
+            os.makedirs(a.profile, exist_ok=True)
+            profile.write_folded(os.path.join(a.profile, "profile.folded"))
+            with open(os.path.join(a.profile, "profile.txt"), "w", encoding="utf-8") as f:
+                f.write(profile.format_table(limit=None) + "\n")
+        except OSError as e:
+            raise UsageError(f"cannot write the profile to {a.profile}: "
+                             f"{e.strerror or e}") from None
+        print()
+        print(profile.format_table(limit=15))
+        print(f"profile: {a.profile}/profile.folded, {a.profile}/profile.txt")
     if a.json is not None:
         try:
             with open(a.json, "w", encoding="utf-8") as f:
@@ -376,8 +395,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
             bar.set_postfix_str(done)
             bar.update(1)
 
+        profiles: dict[str, Any] = {}
         try:
-            rows = run_compare(preset, cm, progress=progress)
+            rows = run_compare(preset, cm, progress=progress, profiles=profiles)
         except (ValueError, NotModelled) as e:
             raise UsageError(str(e)) from None
     dec = decompose(rows)
@@ -386,7 +406,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     print(render_decomposition(dec))
     command = "youngsim compare" + (f" --preset {preset.name}" if a.preset != "default" else "")
     try:
-        paths = write_report(out_dir, preset, rows, dec, command)
+        paths = write_report(out_dir, preset, rows, dec, command, profiles)
     except OSError as e:
         raise UsageError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
     print(f"\nreport: {', '.join(paths)}")

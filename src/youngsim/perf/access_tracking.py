@@ -147,6 +147,8 @@ class Config:
     benchmark: bool = False  # -p
     seed: int = 0
     keep_tlb: bool = False
+    #: stack-sample every this many ns of a thread's on-CPU virtual time (0: off)
+    profile_period_ns: int = 0
 
     @property
     def pages_per_vcpu(self) -> int:
@@ -384,7 +386,8 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
     roles[m.spawn(h.main, name="main")] = "aging"
     if cfg.benchmark:
         roles[m.spawn(h.ager, name="lru_gen")] = "aging"
-    r = TimedDriver(m, cm, roles=roles).run()
+    r = TimedDriver(m, cm, roles=roles,
+                    sample_period_ns=cfg.profile_period_ns or None).run()
 
     stamps = {t.name[len("probe:"):]: t.start_ns for t in r.threads
               if t.name.startswith("probe:")}

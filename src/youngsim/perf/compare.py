@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..sim.costmodel import CostModel
+from ..sim.profile import Profile
 from .access_tracking import Config, run_access_tracking
 
 AXES: dict[str, tuple[str, str]] = {
@@ -78,16 +79,26 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+#: virtual ns of on-CPU time per stack sample in the profiled runs
+PROFILE_PERIOD_NS = 100
+
+
 def run_compare(preset: Preset, cost_model: CostModel | None = None,
-                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                progress: Callable[[str], None] | None = None,
+                profiles: dict[str, Profile] | None = None) -> list[dict[str, Any]]:
     """Run every (design, vCPU count) of the preset; one row of figures each.
-    ``progress(label)`` is called after each run."""
+    ``progress(label)`` is called after each run. With ``profiles``, each design's run
+    at the largest vCPU count is stack-sampled and its profile stored there."""
     rows = []
+    vmax = max(preset.vcpus)
     for design in preset.designs:
         for v in preset.vcpus:
+            period = PROFILE_PERIOD_NS if (profiles is not None and v == vmax) else 0
             cfg = Config(design, preset.mmu, vcpus=v, bytes_per_vcpu=preset.bytes_per_vcpu,
-                         benchmark=True)
+                         benchmark=True, profile_period_ns=period)
             res = run_access_tracking(cfg, cost_model)
+            if period and profiles is not None and res.timed.profile is not None:
+                profiles[design] = res.timed.profile
             d = res.data
             lock: dict[str, Any] = next(
                 (lk for name, lk in d["locks"].items() if "mmu_lock" in name), {})
@@ -170,8 +181,10 @@ def render_decomposition(dec: list[dict[str, Any]]) -> str:
 
 
 def write_report(out_dir: str, preset: Preset, rows: list[dict[str, Any]],
-                 dec: list[dict[str, Any]], command: str) -> list[str]:
-    """Write report.md, results.json and the plots; return the paths written."""
+                 dec: list[dict[str, Any]], command: str,
+                 profiles: dict[str, Profile] | None = None) -> list[str]:
+    """Write report.md, results.json, the plots and the profiles (folded stacks and a
+    perf-report table per profiled design); return the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     written = []
     data = {"preset": preset.name, "description": preset.description,
@@ -184,6 +197,14 @@ def write_report(out_dir: str, preset: Preset, rows: list[dict[str, Any]],
     written.append(path)
     plots = _plots(out_dir, rows)
     written += plots
+    tables = {}
+    for design, prof in (profiles or {}).items():
+        base = os.path.join(out_dir, f"profile-{design}")
+        prof.write_folded(base + ".folded")
+        tables[design] = prof.format_table(limit=None)
+        with open(base + ".txt", "w", encoding="utf-8") as f:
+            f.write(tables[design] + "\n")
+        written += [base + ".folded", base + ".txt"]
     md = [f"# youngsim compare: preset `{preset.name}`", "",
           f"{preset.description}; MMU `{preset.mmu}`, {preset.bytes_per_vcpu >> 10} KiB per "
           f"vCPU. Command: `{command}`.", "",
@@ -194,6 +215,14 @@ def write_report(out_dir: str, preset: Preset, rows: list[dict[str, Any]],
           "## What each axis is worth", "", "```", render_decomposition(dec), "```", ""]
     for p in plots:
         md += [f"![{os.path.basename(p)}]({os.path.basename(p)})", ""]
+    if profiles:
+        vmax = max(r["vcpus"] for r in rows)
+        md += ["## Profiles", "",
+               f"Simulated call stacks of each design's run at {vmax} vCPUs, one sample per "
+               f"{PROFILE_PERIOD_NS} ns of a thread's on-CPU virtual time (folded stacks for "
+               "flamegraph tools in `profile-DESIGN.folded`). Top of each table:", ""]
+        for design, prof in profiles.items():
+            md += [f"### {design}", "", "```", prof.format_table(limit=15), "```", ""]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md))

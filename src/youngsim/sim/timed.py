@@ -78,6 +78,10 @@ from . import ops as O
 from .costmodel import SLEEP, SPIN, CostModel, load_cost_model
 from .machine import Machine, Violation
 from .profile import SPIN_LEAF, WAIT_LEAF, Profile, generator_stack
+
+#: categories of waits that are not the modelled system's work (a scenario harness's
+#: barriers): their time is accounted in the category but never stack-sampled
+NOT_WORK = frozenset({"harness"})
 from .program import Program
 from .sync import READ
 
@@ -551,10 +555,10 @@ class TimedDriver:
         if k == O.GP_WAIT:
             cid, handoff, spinning = self.SLEEP, self._wakeup, False
             self._waiters.setdefault(op.obj.oid, []).append(tid)
-        else:  # WAIT: a spin-wait loop burns the CPU
+        else:  # WAIT: a spin-wait loop burns the CPU (unless it is a harness's wait)
             cat = self.cm.label_category(op.cost) if op.cost is not None else None
             cid = self.SPIN if cat is None else self._cat_index(cat)
-            handoff, spinning, leaf = self._handoff, True, WAIT_LEAF
+            handoff, spinning, leaf = self._handoff, cat not in NOT_WORK, WAIT_LEAF
             self._waiters.setdefault(op.obj.oid, []).append(tid)
         self._park[tid] = (cid, handoff, spinning, leaf, ls)
 

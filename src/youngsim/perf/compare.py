@@ -208,8 +208,8 @@ def write_report(out_dir: str, preset: Preset, rows: list[dict[str, Any]],
     md = [f"# youngsim compare: preset `{preset.name}`", "",
           f"{preset.description}; MMU `{preset.mmu}`, {preset.bytes_per_vcpu >> 10} KiB per "
           f"vCPU. Command: `{command}`.", "",
-          "Every figure below was computed by the model on virtual time under the cost "
-          f"model `{rows[0]['cost_model'] if rows else ''}` (see docs/cost-model.md), at "
+          "Every figure below was computed by the model on virtual time "
+          f"({rows[0]['cost_model'] if rows else 'no runs'}; see docs/cost-model.md), at "
           "a small scale: it compares designs; it does not predict a full-size run.", "",
           "## Results", "", "```", render_table(rows), "```", "",
           "## What each axis is worth", "", "```", render_decomposition(dec), "```", ""]

@@ -270,7 +270,7 @@ class Machine:
     # ``step`` is the hot path of both drivers. It is written for CPython's speed, with the
     # semantics of the straightforward version: execute the pending operation (nothing to
     # do for a ``nop``/``might_sleep``), record it, resume the generator to its next
-    # operation (``_advance``, inlined), then check invariants and final checks.
+    # operation (``_advance``), then check invariants and final checks.
     def step(self, tid: int) -> None:
         """Execute thread ``tid``'s pending operation, then advance it to its next one."""
         t = self.threads[tid]
@@ -302,26 +302,7 @@ class Machine:
         else:
             if self.tracing:
                 self.trace.append(Step(self.nsteps, tid, op, res, t.loc))
-            # _advance(t, res), inlined; a spawn or call_rcu above may have advanced
-            # another thread, so the running thread is set again
-            self.current = t
-            try:
-                nxt = t.gen.send(res)
-            except Exception as e:
-                self._advance_failed(t, e)
-            else:
-                if type(nxt) is not Op:
-                    self._bad_yield(t, nxt)
-                else:
-                    obj = nxt.obj
-                    if obj is not None and obj.oid is None:
-                        obj.oid = self._next_oid
-                        self._next_oid += 1
-                    if nxt.sleeps and t.atomic:
-                        self._sleep_in_atomic(t, nxt)
-                    t.pending = nxt
-                    if self.tracing:
-                        t.loc = _location(t.gen)
+            self._advance(t, res)
         if self.violation is None:
             if self.invariants:
                 self._check_invariants(op)
@@ -362,8 +343,9 @@ class Machine:
             self.trace.append(Step(self.nsteps, t.tid, op, res, t.loc))
 
     def _advance(self, t: Thread, value: Any) -> None:
-        """Resume ``t`` with ``value`` and make its next yielded operation pending
-        (``step`` inlines this)."""
+        """Resume ``t`` with ``value`` and make its next yielded operation pending. Sets
+        the running thread first: a spawn or call_rcu in the step just executed may have
+        advanced another thread."""
         self.current = t
         try:
             op = t.gen.send(value)

@@ -17,11 +17,11 @@ process on a missed target (speed depends on the machine): read the words.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
 
+from _common import pin_one_core, verdict
 from youngsim.check.examples import EXAMPLES
 from youngsim.sim.explore import random_walk, run_schedule, systematic
 
@@ -29,18 +29,6 @@ REDUCTION_TARGET = 10.0
 SPEED_TARGET = 50_000.0
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def pin_one_core() -> str:
-    """Run on a single CPU when the OS allows it (the figure is per core)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpus[0]})
-        return f"pinned to cpu {cpus[0]}"
-    except (AttributeError, OSError):
-        return "not pinned (no sched_setaffinity)"
 
 
 def initial_threads(name: str) -> int:

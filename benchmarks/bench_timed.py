@@ -35,12 +35,12 @@ this executor can reach; and the same model under the default cost model.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
 from typing import Any
 
+from _common import pin_one_core, verdict
 from youngsim.sim import Machine, SpinLock, nop, spin_lock, spin_unlock
 from youngsim.sim.costmodel import load_cost_model
 from youngsim.sim.timed import TimedDriver
@@ -48,17 +48,6 @@ from youngsim.sim.timed import TimedDriver
 TARGET = 2.0
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def pin_one_core() -> str:
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpus[0]})
-        return f"pinned to cpu {cpus[0]}"
-    except (AttributeError, OSError):
-        return "not pinned (no sched_setaffinity)"
 
 
 # --- SimPy side -------------------------------------------------------------------------

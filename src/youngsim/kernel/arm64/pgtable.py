@@ -452,16 +452,20 @@ class Stage2Pgtable(TwoLevelTables):
         sys = self.sys
         if sys.bug("plain-store-clear"):
             # seeded bug: write back the value read earlier, minus AF
-            yield vstore(table, lo, vals & np.uint64(~AF & MASK), select=sel,
-                         cost="spte_write")
-            for k in np.flatnonzero(sel):
-                sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+            yield from self._plain_clear(table, ri, lo, vals, sel)
             return
         for k in np.flatnonzero(sel):
             v = int(vals[k])
             r = yield cas(table, lo + int(k), v, v & ~AF, cost="spte_cmpxchg")
             if r == v:
                 sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+
+    def _plain_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
+                     sel: np.ndarray) -> Gen:
+        """Write back the descriptors read earlier, minus ``AF`` (``WRITE_ONCE``)."""
+        yield vstore(table, lo, vals & np.uint64(~AF & MASK), select=sel, cost="spte_write")
+        for k in np.flatnonzero(sel):
+            self.sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
 
     def _locked_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
                       sel: np.ndarray) -> Gen:
@@ -472,10 +476,7 @@ class Stage2Pgtable(TwoLevelTables):
         sys = self.sys
         sys.m.lockdep_assert_held(self.kvm.mmu_lock, write=True)
         if not self.hw_af:
-            yield vstore(table, lo, vals & np.uint64(~AF & MASK), select=sel,
-                         cost="spte_write")
-            for k in np.flatnonzero(sel):
-                sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+            yield from self._plain_clear(table, ri, lo, vals, sel)
             return
         for k in np.flatnonzero(sel):
             v = int(vals[k])

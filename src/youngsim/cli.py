@@ -106,14 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("string", help="the replay string a violation printed (ys1:...)")
 
     t = sub.add_parser("run", help="run a timed scenario (virtual time, from the cost model)")
-    t.add_argument("scenario", help="the scenario: access_tracking_perf_test")
-    t.add_argument("-v", "--vcpus", type=_pos_int, default=1, metavar="VCPUS",
-                   help="vCPUs (default 1)")
+    t.add_argument("scenario",
+                   help="the scenario: access_tracking_perf_test or max_guest_memory_test")
+    t.add_argument("-v", "--vcpus", type=_pos_int, default=None, metavar="VCPUS",
+                   help="access_tracking_perf_test: vCPUs (default 1)")
     t.add_argument("-b", "--bytes-per-vcpu", type=_size, default=None, metavar="BYTES",
                    help="guest memory per vCPU, e.g. 64K, 2M (default 256K; the selftest's"
                         " 1G is above this build's scale cap)")
     t.add_argument("-p", "--benchmark", action="store_true",
                    help="aging passes back to back while the vCPUs populate memory")
+    t.add_argument("-c", "--nr-vcpus", type=_pos_int, default=None, metavar="VCPUS",
+                   help="max_guest_memory_test: vCPUs (default 4)")
+    t.add_argument("-m", "--max-mem", type=_gib_size, default=None, metavar="SIZE",
+                   help="max_guest_memory_test: guest memory; a bare number is GiB as in the "
+                        "selftest, or give units, e.g. 32M (default 32M)")
+    t.add_argument("-s", "--slot-size", type=_gib_size, default=None, metavar="SIZE",
+                   help="max_guest_memory_test: memslot size (default: one slot)")
+    t.add_argument("--host-mem", type=_size, default=None, metavar="SIZE",
+                   help="max_guest_memory_test: host memory, e.g. 24M (default 3/4 of -m)")
     t.add_argument("--design", metavar="D", help="design (see youngsim check --list-models)")
     t.add_argument("--mmu", metavar="M", help="secondary MMU variant")
     t.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -141,8 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gib_size(text: str) -> int:
+    from .perf.harness import parse_size
+    try:
+        return parse_size(text, default_unit="g")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _size(text: str) -> int:
-    from .perf.access_tracking import parse_size
+    from .perf.harness import parse_size
     try:
         return parse_size(text)
     except ValueError as e:
@@ -324,29 +342,62 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    import json
+_SCENARIO_OPTIONS = {
+    "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb"),
+    "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem"),
+}
+_OPTION_NAMES = {"vcpus": "-v", "bytes_per_vcpu": "-b", "benchmark": "-p",
+                 "keep_tlb": "--keep-tlb", "nr_vcpus": "-c", "max_mem": "-m",
+                 "slot_size": "-s", "host_mem": "--host-mem"}
 
+
+def _scenario_result(a: argparse.Namespace) -> Any:
+    """Validate the scenario's options, run it, return its result object."""
     from .check.model import NotModelled
     from .perf import SCENARIOS
-    from .perf.access_tracking import (DEFAULT_BYTES_PER_VCPU, Config, perf_cost_model,
-                                       run_access_tracking)
+    from .perf.harness import perf_cost_model
 
     if a.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {a.scenario!r} (known: {', '.join(SCENARIOS)})")
+    for other, opts in _SCENARIO_OPTIONS.items():
+        if other == a.scenario:
+            continue
+        for o in opts:
+            if getattr(a, o) not in (None, False):
+                raise UsageError(f"option {_OPTION_NAMES[o]} is not an option of "
+                                 f"{a.scenario} (it belongs to {other})")
     if a.design is None or a.mmu is None:
         raise UsageError("run needs --design and --mmu (see youngsim check --list-models)")
-    cfg = Config(design=a.design, mmu=a.mmu, vcpus=a.vcpus,
-                 bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
-                                 else DEFAULT_BYTES_PER_VCPU),
-                 benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb,
-                 profile_period_ns=a.profile_period if a.profile else 0)
+    period = a.profile_period if a.profile else 0
     try:
-        cfg.validate()
-        cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate
-        res = run_access_tracking(cfg, cm)
+        if a.scenario == "access_tracking_perf_test":
+            from .perf.access_tracking import (DEFAULT_BYTES_PER_VCPU, Config,
+                                               run_access_tracking)
+            cfg = Config(design=a.design, mmu=a.mmu, vcpus=a.vcpus or 1,
+                         bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
+                                         else DEFAULT_BYTES_PER_VCPU),
+                         benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb,
+                         profile_period_ns=period)
+            cfg.validate()
+            cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate
+            return run_access_tracking(cfg, cm)
+        from .perf import max_guest_memory as mgm
+        mcfg = mgm.Config(design=a.design, mmu=a.mmu, vcpus=a.nr_vcpus or mgm.DEFAULT_VCPUS,
+                          guest_bytes=(a.max_mem if a.max_mem is not None
+                                       else mgm.DEFAULT_GUEST_BYTES),
+                          slot_bytes=a.slot_size, host_bytes=a.host_mem, seed=a.seed,
+                          profile_period_ns=period)
+        mcfg.validate()
+        cm = perf_cost_model(a.cost_model)
+        return mgm.run_max_guest_memory(mcfg, cm)
     except (ValueError, NotModelled) as e:
         raise UsageError(str(e)) from None
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import json
+
+    res = _scenario_result(a)
     print(res.render())
     profile = res.timed.profile
     if a.profile is not None and profile is not None:
@@ -375,7 +426,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .check.model import NotModelled
-    from .perf.access_tracking import perf_cost_model
+    from .perf.harness import perf_cost_model
     from .perf.compare import (PresetError, decompose, get_preset, render_decomposition,
                                render_table, run_compare, write_report)
 

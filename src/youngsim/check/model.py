@@ -27,7 +27,7 @@ from ..designs import DESIGNS, Design
 from ..kernel.hw.vcpu import Vcpu
 from ..kernel.kvm.kvm_main import Kvm, Memslot, gfn_to_hva_memslot
 from ..kernel.mm.mm import MM, PTE_PFN_SHIFT, pte_pfn, pte_present
-from ..kernel.system import System
+from ..kernel.system import PAGE_SIZE, System
 from ..kernel.arm64.mmu import Arm64Stage2Mmu
 from ..kernel.x86.mmu import X86TdpMmu
 from ..kernel.x86.shadow_mmu import X86ShadowMmu
@@ -59,9 +59,10 @@ def make_arch(sys: System, kvm: Kvm, mmu: str, npages: int, chunk: int) -> Any:
 
 def build_system(m: Machine, design: Design | str, mmu: str, npages: int, nvcpus: int,
                  nkvms: int = 1, mutant: str | None = None, chunk: int = 1,
-                 prefault_primary: bool = True) -> System:
+                 prefault_primary: bool = True, slot_pages: int | None = None) -> System:
     """A host with one mm of ``npages`` pages, ``nkvms`` VMs each mapping all of it in
-    one memslot, and ``nvcpus`` vCPUs per VM, with the invariants installed."""
+    memslots of ``slot_pages`` pages (default: one memslot), and ``nvcpus`` vCPUs per VM,
+    with the invariants installed."""
     d = DESIGNS[design] if isinstance(design, str) else design
     reason = d.applies(mmu)
     if reason:
@@ -71,7 +72,10 @@ def build_system(m: Machine, design: Design | str, mmu: str, npages: int, nvcpus
     sys.mm = mm
     sys.ghost.accessed = [prefault_primary] * npages  # the host's prefault touched them
     for k in range(nkvms):
-        kvm = Kvm(sys, mm, [Memslot(0, npages, HVA_BASE)], name=f"kvm{k}" if nkvms > 1 else "kvm")
+        per = slot_pages or npages
+        slots = [Memslot(g, min(per, npages - g), HVA_BASE + g * PAGE_SIZE, id=n)
+                 for n, g in enumerate(range(0, npages, per))]
+        kvm = Kvm(sys, mm, slots, name=f"kvm{k}" if nkvms > 1 else "kvm")
         kvm.arch = make_arch(sys, kvm, mmu, npages, chunk)
         for v in range(nvcpus):
             Vcpu(sys, kvm, v, npages)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
-from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, gfn_to_hva_memslot,
+from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, gfn_to_hva, gfn_to_hva_memslot,
                                    kvm_mmu_notifier_ops, mmu_notifier_to_kvm)
 from ..kernel.mm.mm import pte_present, pte_young
 from ..kernel.mm.mmu_notifier import MmuNotifierOps
@@ -151,15 +151,14 @@ def _checked_call(sys: "System", mm: "MM", start: int, end: int, young: Bitmap |
     sys.contract(not rec["young"] or ret, "a page was young but the call returned 0")
     if kvm is None:
         return ret
-    slot = kvm.memslots[0]
     if predicate is not None and pred_before is not None:
         sys.contract(predicate == pred_before, "the predicate bitmap was modified")
         for gfn in rec["cleared"]:
-            nr = mmu_notifier_range_bit(start, gfn_to_hva_memslot(gfn, slot))
+            nr = mmu_notifier_range_bit(start, gfn_to_hva(kvm, gfn))
             sys.contract(0 <= nr < npages and pred_before.bits[nr],
                          f"cleared gfn {gfn} whose predicate bit {nr} is not set")
     if young is not None and young_before is not None:
-        seen = {mmu_notifier_range_bit(start, gfn_to_hva_memslot(g, slot))
+        seen = {mmu_notifier_range_bit(start, gfn_to_hva(kvm, g))
                 for g in rec["young"]}
         for nr in range(len(young)):
             if nr >= npages:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generator
 
 from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, hva_to_gfn_memslot,
-                                   gfn_to_hva_memslot, kvm_mmu_notifier_ops,
+                                   gfn_to_hva, kvm_mmu_notifier_ops,
                                    mmu_notifier_to_kvm)
 from ..kernel.mm.mm import pte_present, pte_young
 from ..kernel.mm.mmu_notifier import MmuNotifierOps
@@ -175,7 +175,6 @@ def _checked_call(sys: "System", mm: "MM", start: int, end: int, clear: bool,
     ret = yield from __mmu_notifier_test_clear_young(sys, mm, start, end, clear, bitmap)
     sys.end_call()
     kvm = mm.subscriptions[0].owner if mm.subscriptions else None
-    slot = kvm.memslots[0] if kvm is not None else None
     npages = max(1, (end - start + PAGE_SIZE - 1) // PAGE_SIZE)
     paths = rec["paths"]
     sys.contract(not (ret & MMU_NOTIFIER_RANGE_LOCKLESS) or "fast" in paths,
@@ -190,22 +189,22 @@ def _checked_call(sys: "System", mm: "MM", start: int, end: int, clear: bool,
                      f" of {with_op}")
         sys.contract(not rec["cleared"] or ret != 0,
                      f"cleared young pages {sorted(rec['cleared'])} but returned 0")
-    if bitmap is not None and before is not None and slot is not None:
+    if bitmap is not None and before is not None and kvm is not None:
         for nr in range(npages, len(bitmap)):
             sys.contract(bitmap.bits[nr] == before.bits[nr],
                          f"bit {nr} outside the {npages}-page range was changed")
         if clear:
             sys.contract(bitmap == before, "clear mode modified the predicate bitmap")
             for gfn in rec["cleared"]:
-                off = bitmap_offset(start, end, gfn_to_hva_memslot(gfn, slot))
+                off = bitmap_offset(start, end, gfn_to_hva(kvm, gfn))
                 sys.contract(0 <= off < npages and before.bits[off],
                              f"cleared gfn {gfn} whose predicate bit {off} is not set")
         elif "fast" in paths:
             for gfn in rec["young"]:
-                off = bitmap_offset(start, end, gfn_to_hva_memslot(gfn, slot))
+                off = bitmap_offset(start, end, gfn_to_hva(kvm, gfn))
                 sys.contract(0 <= off < npages and bitmap.bits[off],
                              f"young gfn {gfn}: bit {off} (counted from the end) not set")
-            young_offs = {bitmap_offset(start, end, gfn_to_hva_memslot(g, slot))
+            young_offs = {bitmap_offset(start, end, gfn_to_hva(kvm, g))
                           for g in rec["young"]}
             for nr in range(npages):
                 if bitmap.bits[nr] and not before.bits[nr]:

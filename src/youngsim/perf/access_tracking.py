@@ -69,7 +69,6 @@ simulated: they compare designs, they are not predictions for a 1 GiB-per-vCPU r
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Generator
 
@@ -84,9 +83,12 @@ from ..kernel.mm.mm import PTRS_PER_PTE
 from ..kernel.mm.vmscan import walk_pte_range
 from ..kernel.system import PAGE_SIZE, System
 from ..kernel.x86 import spte as S
-from ..sim import Machine, Op, fetch_add, load, spawn, store, vstore, wait_until
-from ..sim.costmodel import CostModel, load_cost_model
-from ..sim.timed import Dist, TimedDriver, TimedResult
+from ..sim import Machine, Op, fetch_add, load, store, vstore, wait_until
+from ..sim.costmodel import CostModel
+from ..sim.timed import TimedDriver, TimedResult
+from .harness import (Check, ConfigError, common_figures,
+                      fmt_s, perf_cost_model,
+                      render_common, run_checks, seconds, stamp, stamps, with_harness_labels)
 
 Gen = Generator[Op, Any, Any]
 
@@ -109,34 +111,6 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("Reading from idle memory", "read"),
 )
 BENCH_PHASES: tuple[tuple[str, str], ...] = (("Populating memory", "write"),)
-
-_HARNESS = ("selftest harness bookkeeping (barrier words, stop flag, time-stamp probes), "
-            "not modelled kernel work: 0 ns so the harness does not perturb the measured "
-            "steps; the time a thread waits at a barrier is accounted as 'harness'")
-#: labels of the harness's own operations, added to a cost model that lacks them
-HARNESS_LABELS: dict[str, dict[str, Any]] = {
-    name: {"ns": 0, "per_element_ns": 0, "category": "harness", "rationale": _HARNESS}
-    for name in ("perf_kick", "perf_wait_kick", "perf_vcpu_done", "perf_wait_vcpus",
-                 "perf_stop", "perf_stop_check", "perf_tlb_reach")
-}
-
-
-class ConfigError(ValueError):
-    """A configuration this scenario refuses (one line)."""
-
-
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*\Z", re.IGNORECASE)
-_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``4096``, ``64K``, ``2M``, ``1G`` (binary units, as the selftest's
-    ``parse_size``); ``KB``/``KiB`` spellings are accepted too."""
-    mt = _SIZE_RE.match(text)
-    if not mt:
-        raise ValueError(f"expected a size like 4096, 64K, 2M or 1G, got {text!r}")
-    return int(mt.group(1)) << _SHIFT[mt.group(2).lower()]
-
 
 @dataclass(frozen=True)
 class Config:
@@ -181,13 +155,6 @@ class Config:
                 f"simulated one operation at a time; chunked timing is not built yet")
 
 
-def perf_cost_model(path: str | None = None) -> CostModel:
-    """The cost model (packaged default or ``path``) plus the harness labels it lacks."""
-    cm = load_cost_model(path)
-    missing = {k: v for k, v in HARNESS_LABELS.items() if k not in cm.labels}
-    return cm.with_labels(missing) if missing else cm
-
-
 def secondary_young(arch: Any) -> np.ndarray:
     """Per gfn: is the secondary MMU's leaf entry young (would aging see it accessed)?
     x86 (TDP with or without A/D bits, shadow MMU): ``is_accessed_spte`` (the A bit, or
@@ -197,37 +164,12 @@ def secondary_young(arch: Any) -> np.ndarray:
     return np.fromiter((pred(int(x)) for x in raw), dtype=bool, count=len(raw))
 
 
-def _probe() -> Gen:
-    """An empty thread: its start time is the instant its spawner wanted stamped."""
-    return
-    yield  # pragma: no cover  (makes this a generator)
-
-
-def stamp(name: str) -> Gen:
-    """Time-stamp this instant as probe ``name`` (the probe thread starts at the end of
-    the step that spawns it)."""
-    yield spawn(_probe, name=f"probe:{name}")
-
-
 def aging_pass(sys: System) -> Gen:
     """One MGLRU aging pass over all guest memory: ``walk_pte_range`` per leaf table."""
     mm = sys.mm
     step = PTRS_PER_PTE * PAGE_SIZE
     for a in range(mm.start, mm.end, step):
         yield from walk_pte_range(sys, mm, a, min(mm.end, a + step))
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # "pass", "fail" or "warn"
-    detail: str
-    value: float | None = None
-    limit: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail,
-                "value": self.value, "limit": self.limit}
 
 
 class _Harness:
@@ -361,22 +303,10 @@ class PerfResult:
         return render(self)
 
 
-def _dist(d: Dist) -> dict[str, Any]:
-    return {"n": d.n, "mean_ns": round(d.mean, 3), "p50_ns": d.percentile(50),
-            "p99_ns": d.percentile(99), "p99_9_ns": d.percentile(99.9), "max_ns": d.max}
-
-
-def _s(ns: float) -> float:
-    return ns / 1e9
-
-
 def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> PerfResult:
     """Build and run the scenario; ``cost_model`` defaults to ``perf_cost_model()``."""
     cfg.validate()
-    cm = cost_model if cost_model is not None else perf_cost_model()
-    missing = {k: v for k, v in HARNESS_LABELS.items() if k not in cm.labels}
-    if missing:
-        cm = cm.with_labels(missing)
+    cm = with_harness_labels(cost_model if cost_model is not None else perf_cost_model())
     m = Machine()
     m.seed = cfg.seed
     h = _Harness(m, cfg)
@@ -389,43 +319,35 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
     r = TimedDriver(m, cm, roles=roles,
                     sample_period_ns=cfg.profile_period_ns or None).run()
 
-    stamps = {t.name[len("probe:"):]: t.start_ns for t in r.threads
-              if t.name.startswith("probe:")}
+    at = stamps(r)
     phases: list[dict[str, Any]] = []
     for k, (name, kind) in enumerate(h.phases):
-        kick = stamps.get(f"kick:{k}")
+        kick = at.get(f"kick:{k}")
         if kind == "idle":
-            ends = {"main": stamps.get(f"end:{k}:main")}
+            ends = {"main": at.get(f"end:{k}:main")}
         else:
-            ends = {str(i): stamps.get(f"end:{k}:{i}") for i in range(cfg.vcpus)}
+            ends = {str(i): at.get(f"end:{k}:{i}") for i in range(cfg.vcpus)}
         if kick is None or any(v is None for v in ends.values()):
             break  # the run stopped early (a violation): report the steps completed
         per = [v - kick for v in ends.values() if v is not None]
         phases.append({"name": name, "kind": kind, "ns": max(per),
-                       "s": _s(max(per)), "per_thread_ns": per})
-    checks = list(h.checks)
-    if r.violation is not None:
-        checks.append(Check("no violation", "fail",
-                            f"{r.violation.kind}: {r.violation.message}"))
-    elif r.stopped != "done":
-        checks.append(Check("run completed", "fail", f"the timed run stopped: {r.stopped}"))
-    elif len(phases) != len(h.phases):
-        checks.append(Check("run completed", "fail", "not every step completed"))
+                       "s": seconds(max(per)), "per_thread_ns": per})
+    checks = list(h.checks) + run_checks(r, len(phases), len(h.phases))
 
     bench = None
     if cfg.benchmark:
         passes = []
         n = 0
-        while f"pass:{n}:end" in stamps:
-            passes.append(stamps[f"pass:{n}:end"] - stamps[f"pass:{n}:start"])
+        while f"pass:{n}:end" in at:
+            passes.append(at[f"pass:{n}:end"] - at[f"pass:{n}:start"])
             n += 1
         total = sum(passes)
         wall = phases[0]["ns"] if phases else 0
-        bench = {"vcpu_wall_time_ns": wall, "vcpu_wall_time_s": _s(wall),
+        bench = {"vcpu_wall_time_ns": wall, "vcpu_wall_time_s": seconds(wall),
                  "lru_gen_passes": len(passes), "lru_gen_total_ns": total,
-                 "lru_gen_total_s": _s(total),
+                 "lru_gen_total_s": seconds(total),
                  "lru_gen_avg_pass_ns": total // len(passes) if passes else 0,
-                 "lru_gen_avg_pass_s": _s(total / len(passes)) if passes else 0.0,
+                 "lru_gen_avg_pass_s": seconds(total / len(passes)) if passes else 0.0,
                  "lru_gen_pass_ns": passes}
 
     res = PerfResult(cfg, r.cost_model, phases, checks, r, bench,
@@ -434,37 +356,8 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
     return res
 
 
-def fault_latency_percentiles(lat: list[int]) -> dict[str, Any]:
-    """p50, p99 and p99.9 of the fault latencies (nearest rank), in virtual ns."""
-    if not lat:
-        return {"fault_latency_p50_ns": None, "fault_latency_p99_ns": None,
-                "fault_latency_p999_ns": None}
-    xs = sorted(lat)
-
-    def rank(q: float) -> int:
-        return xs[min(len(xs) - 1, max(0, int(np.ceil(q * len(xs))) - 1))]
-
-    return {"fault_latency_p50_ns": rank(0.50), "fault_latency_p99_ns": rank(0.99),
-            "fault_latency_p999_ns": rank(0.999)}
-
-
 def _to_dict(res: PerfResult) -> dict[str, Any]:
     cfg, r = res.config, res.timed
-    by_role: dict[str, dict[str, int]] = {}
-    for t in r.threads:
-        d = by_role.setdefault(t.role, {})
-        for c, v in t.categories.items():
-            d[c] = d.get(c, 0) + v
-    faults = r.counters.get("vcpu_faults", 0)
-    vcpu_cats = by_role.get("vcpu", {})
-    fault_ns = sum(v for c, v in vcpu_cats.items() if c not in ("guest", "harness"))
-    locks = {}
-    for name, lk in sorted(r.locks.items()):
-        locks[name] = {"kind": lk.kind, "acquisitions": lk.acquisitions,
-                       "contended": lk.contended, "spin_ns": lk.spin_ns,
-                       "sleep_ns": lk.sleep_ns,
-                       "wait": {k: _dist(d) for k, d in sorted(lk.wait.items())},
-                       "hold": {k: _dist(d) for k, d in sorted(lk.hold.items())}}
     out: dict[str, Any] = {
         "scenario": SCENARIO,
         "mode": "benchmark" if cfg.benchmark else "default",
@@ -485,29 +378,8 @@ def _to_dict(res: PerfResult) -> dict[str, Any]:
     }
     if res.bench is not None:
         out.update(res.bench)
-    out.update({
-        "virtual_end_ns": r.end_ns,
-        "steps": r.steps,
-        "cpu_time_ns": dict(sorted(r.categories.items())),
-        "cpu_time_by_role_ns": {k: dict(sorted(v.items())) for k, v in sorted(by_role.items())},
-        "faults": {"vcpu_faults": faults,
-                   "vcpu_host_ns_per_fault": round(fault_ns / faults, 3) if faults else None,
-                   "note": "host ns per fault: vCPU time outside guest and harness (exits, "
-                           "fault handling, lock spinning, flush waits) per EPT violation; "
-                           "latency: virtual ns from the violation to the translation "
-                           "that worked",
-                   **fault_latency_percentiles(res.samples.get("fault_latency_ns", []))},
-        "locks": locks,
-        "counters": dict(sorted(r.counters.items())),
-        "cas_attempts": r.cas_attempts, "cas_failures": r.cas_failures,
-        "atomic_contended": r.atomic_contended, "tlb_flushes": r.tlb_flushes,
-        "unknown_labels": r.unknown_labels,
-    })
+    out.update(common_figures(r, res.samples))
     return out
-
-
-def _fmt_s(ns: int) -> str:
-    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
 
 
 def render(res: PerfResult) -> str:
@@ -520,48 +392,19 @@ def render(res: PerfResult) -> str:
     out = [head, (f"virtual times from {res.cost_model} at this small scale (cap "
                   f"{MAX_TOTAL_PAGES} pages); not hardware measurements")]
     for p in res.phases:
-        out.append(f"{p['name']:<30}: {_fmt_s(p['ns'])}")
+        out.append(f"{p['name']:<30}: {fmt_s(p['ns'])}")
     if res.bench is not None and not res.phases:
         out.append("vcpu wall time and lru_gen passes: n/a (the run stopped early)")
     elif res.bench is not None:
         b = res.bench
-        out.append(f"{'vcpu wall time':<30}: {_fmt_s(b['vcpu_wall_time_ns'])}")
-        out.append(f"lru_gen avg pass duration : {_fmt_s(b['lru_gen_avg_pass_ns'])}, "
-                   f"(passes:{b['lru_gen_passes']}, total:{_fmt_s(b['lru_gen_total_ns'])})")
+        out.append(f"{'vcpu wall time':<30}: {fmt_s(b['vcpu_wall_time_ns'])}")
+        out.append(f"lru_gen avg pass duration : {fmt_s(b['lru_gen_avg_pass_ns'])}, "
+                   f"(passes:{b['lru_gen_passes']}, total:{fmt_s(b['lru_gen_total_ns'])})")
     out.append("")
-    for c in res.checks:
-        out.append(f"check {c.status.upper():<4} {c.name}: {c.detail}")
-    if not res.checks:
-        out.append("checks: none in benchmark mode (as in the selftest's -p)")
-    cats = d["cpu_time_ns"]
-    total = sum(cats.values()) or 1
-    out.append("")
-    out.append("CPU time by category: " + ", ".join(
-        f"{c} {v / 1e3:.1f}us ({100.0 * v / total:.1f}%)" for c, v in cats.items()))
-    f = d["faults"]
-    if f["vcpu_faults"]:
-        out.append(f"vCPU faults: {f['vcpu_faults']}, host time per fault "
-                   f"{f['vcpu_host_ns_per_fault']:.0f} ns, latency p50/p99/p99.9 "
-                   f"{f['fault_latency_p50_ns']}/{f['fault_latency_p99_ns']}/"
-                   f"{f['fault_latency_p999_ns']} ns")
-    for name, lk in d["locks"].items():
-        if "mmu_lock" not in name:
-            continue
-        parts = []
-        for role, w in lk["wait"].items():
-            hd = lk["hold"].get(role)
-            parts.append(f"{role} n={w['n']} wait p50/p99/max {w['p50_ns']}/{w['p99_ns']}/"
-                         f"{w['max_ns']} ns" + (f", hold mean {hd['mean_ns']:.0f} ns"
-                                                 if hd else ""))
-        out.append(f"{name}: {lk['acquisitions']} acquisitions, {lk['contended']} contended,"
-                   f" spinning {lk['spin_ns']} ns; " + "; ".join(parts))
-    cn = d["counters"]
-    keys = [k for k in ("false_old", "false_young", "vcpu_faults", "tlb_hits",
-                        "walk_pages", "walk_young", "tlb_flushes") if k in cn]
-    out.append("counters: " + (", ".join(f"{k} {cn[k]}" for k in keys) or "none"))
-    if r.unknown_labels:
-        out.append("WARNING: labels missing from the cost model (kind default used): "
-                   + ", ".join(sorted(r.unknown_labels)))
+    out += render_common(d, res.checks, ("false_old", "false_young", "vcpu_faults",
+                                         "tlb_hits", "walk_pages", "walk_young",
+                                         "tlb_flushes"),
+                         no_checks="checks: none in benchmark mode (as in the selftest's -p)")
     out.append(f"{'PASS' if res.ok else 'FAIL'}: {r.steps} steps simulated in "
                f"{r.wall_s:.2f} s wall")
     return "\n".join(out)

@@ -31,7 +31,10 @@ Model of execution
   category ``spin`` and in that lock's spin time ("spinning on kvm->mmu_lock"); a
   ``wait_until`` spin loop burns CPU in its label's category (``tlb_flush`` for a flush
   waiting for IPI acknowledgement, ``fault`` for a vCPU re-faulting until an invalidation
-  ends) or ``spin``; a mutex or grace-period waiter is off-CPU, category ``sleep``.
+  ends) or ``spin``; a mutex or grace-period waiter is off-CPU, category ``sleep``, and
+  so is a ``wait_until`` whose label's category is ``sleep`` (``wait_event``: kswapd on
+  its wait queue, an allocation throttled until reclaim frees pages), woken with
+  ``wakeup.sleep``.
 
 Costs and contention
 --------------------
@@ -555,10 +558,14 @@ class TimedDriver:
         if k == O.GP_WAIT:
             cid, handoff, spinning = self.SLEEP, self._wakeup, False
             self._waiters.setdefault(op.obj.oid, []).append(tid)
-        else:  # WAIT: a spin-wait loop burns the CPU (unless it is a harness's wait)
+        else:  # WAIT: a spin-wait loop burns the CPU (unless it is a harness's wait),
+            # but a wait labelled with category ``sleep`` is ``wait_event``: off-CPU
             cat = self.cm.label_category(op.cost) if op.cost is not None else None
             cid = self.SPIN if cat is None else self._cat_index(cat)
-            handoff, spinning, leaf = self._handoff, cat not in NOT_WORK, WAIT_LEAF
+            if cat == SLEEP:
+                handoff, spinning, leaf = self._wakeup, False, None
+            else:
+                handoff, spinning, leaf = self._handoff, cat not in NOT_WORK, WAIT_LEAF
             self._waiters.setdefault(op.obj.oid, []).append(tid)
         self._park[tid] = (cid, handoff, spinning, leaf, ls)
 

@@ -49,6 +49,13 @@ def gfn_to_hva_memslot(gfn: int, slot: Memslot) -> int:
     return slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
 
 
+def gfn_to_hva(kvm: "Kvm", gfn: int) -> int:
+    """``gfn_to_hva``: through whichever memslot holds ``gfn``."""
+    slot = kvm.gfn_to_memslot(gfn)
+    assert slot is not None, f"gfn {gfn} outside every memslot"
+    return gfn_to_hva_memslot(gfn, slot)
+
+
 @dataclass
 class KvmGfnRange:
     """``struct kvm_gfn_range``: what an arch handler gets."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import numpy as np
 
-from ...sim import Op, RcuDomain, cas, fetch_and, load
+from ...sim import Op, RcuDomain, cas, fetch_and, load, nop
 from ..system import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -74,6 +74,12 @@ class MM:
         #: pages whose folio is outside the reclaim scope (another memcg): the aging
         #: walk must leave them alone (``get_pfn_folio`` returns NULL)
         self.out_of_scope: set[int] = set()
+        #: host memory pressure (``enable_reclaim`` in ``reclaim.py``): a zone of fewer
+        #: frames than pages, a swap device and the MGLRU lists. None: unlimited memory,
+        #: pages never leave (the checker's scenarios and access_tracking_perf_test)
+        self.zone: Any = None
+        self.swap: Any = None
+        self.lru: Any = None
         if prefault:  # host-prefaulted guest memory (as the kernel selftests do)
             for i in range(npages):
                 t, idx = self.pte_slot(start + i * PAGE_SIZE)
@@ -122,8 +128,39 @@ class MM:
             pte = yield load(t, i, cost="pte_read")
             if pte_present(pte):
                 return pte_pfn(pte)
+            if self.zone is not None:  # memory is limited: allocate, maybe swap in
+                pfn = yield from self.do_fault_limited(addr, pte, write)
+                if pfn is not None:
+                    return pfn
+                continue
             pfn = self.alloc_pfn(addr)
             old = yield cas(t, i, pte, mk_pte(pfn, write), cost="pte_install")
             if old == pte:
                 return pfn
             del self.rmap[pfn]
+
+    def do_fault_limited(self, addr: int, pte: int, write: bool) -> Gen:
+        """``do_anonymous_page`` / ``do_swap_page`` (shmem: ``shmem_get_folio`` with
+        ``shmem_swapin_folio``) on a host with a zone: take a frame (which may wake
+        kswapd or wait for it), zero it or read it back from swap, and publish the PTE.
+        Returns the pfn, or None if another thread changed the PTE first (retry)."""
+        from .page_alloc import alloc_page, free_pages
+        from .swap import is_swap_pte, swap_read_folio, swp_offset
+        yield from alloc_page(self.zone)
+        swapped = is_swap_pte(pte)
+        if swapped:
+            yield from swap_read_folio(self.swap)
+        else:
+            yield nop(cost="clear_page")
+        t, i = self.pte_slot(addr)
+        pfn = self.alloc_pfn(addr)
+        old = yield cas(t, i, pte, mk_pte(pfn, write), cost="pte_install")
+        if old != pte:
+            del self.rmap[pfn]
+            yield from free_pages(self.zone, 1)
+            return None
+        if swapped:
+            self.swap.swap_free(swp_offset(pte))
+            self.sys.count("swap_ins")
+        yield from self.lru.folio_add_lru(pfn, swapped)
+        return pfn

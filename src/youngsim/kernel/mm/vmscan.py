@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 from ...sim import Op, load
 from ..system import PAGE_SHIFT, PAGE_SIZE
-from .mm import pte_present, pte_young
+from .mm import pte_pfn, pte_present, pte_young
 from .mmu_notifier import ptep_clear_flush_young_notify, ptep_clear_young_notify
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ def decide(sys: "System", mm: "MM", addr: int, young: bool, caller: str) -> None
     elif young and not truth:
         sys.count("false_young")
     sys.ghost.accessed[gfn] = False
+    if young and caller != "rmap" and mm.lru is not None:  # walk or look-around
+        t, i = mm.pte_slot(addr)
+        mm.lru.folio_update_gen(pte_pfn(int(t.data[i])))  # the folio the PTE maps
 
 
 def get_pte_pfn_ok(mm: "MM", pte: int, examine_old: bool) -> bool:
@@ -100,6 +103,25 @@ def lru_gen_look_around(sys: "System", mm: "MM", addr: int, start: int, end: int
         decide(sys, mm, a, bool(young), "look_around")
 
 
+PMD_SIZE = 512 * PAGE_SIZE
+
+
+def look_around_window(mm: "MM", addr: int) -> tuple[int, int]:
+    """``lru_gen_look_around``'s window: the PMD around ``addr`` clipped to the VMA, cut
+    to ``MIN_LRU_BATCH`` pages centred on ``addr`` when larger."""
+    start = max(addr & ~(PMD_SIZE - 1), mm.start)
+    end = min(addr | (PMD_SIZE - 1), mm.end - 1) + 1
+    span = MIN_LRU_BATCH * PAGE_SIZE
+    if end - start > span:
+        if addr - start < span // 2:
+            end = start + span
+        elif end - addr < span // 2:
+            start = end - span
+        else:
+            start, end = addr - span // 2, addr + span // 2
+    return start, end
+
+
 def folio_referenced(sys: "System", mm: "MM", pfn: int, look_around: bool = True) -> Gen:
     """``folio_referenced`` for a folio mapped once: walk the rmap to its PTE and ask
     ``folio_referenced_one``. Returns the number of references found."""
@@ -115,7 +137,7 @@ def folio_referenced_one(sys: "System", mm: "MM", addr: int, look_around: bool) 
     pte = yield load(t, i, cost="pte_read")
     if not pte_present(pte):
         return 0
-    lo, hi = mm.start, mm.end  # the look-around window: the whole (small) VMA here
+    lo, hi = look_around_window(mm, addr)
     if design.mglru == "batched":
         referenced = yield from design.should_look_around(sys, mm, addr, pte, lo, hi,
                                                           look_around)

@@ -1,0 +1,248 @@
+"""Reclaim: kswapd, the multi-gen LRU's generations and eviction (the reclaim half of
+``mm/vmscan.c``), and ``try_to_unmap_one`` (``mm/rmap.c``).
+
+This is where the aging callers of ``vmscan.py`` run under memory pressure, as in the
+2023 series' ``max_guest_memory_test`` figures: kswapd wakes below the low watermark and
+reclaims until the high one, each round either *aging* (``try_to_inc_max_seq``: a new
+generation, then ``walk_mm``, which calls ``walk_pte_range`` per leaf table, the design's
+way) or *evicting* a batch of ``SWAP_CLUSTER_MAX`` folios from the oldest generation
+(``evict_folios`` -> ``shrink_folio_list``: ``folio_referenced`` on each, the design's
+rmap path with look-around; a referenced folio is promoted, the others are unmapped
+(the mmu_notifier invalidation zaps the secondary MMU's entry), written to swap and
+freed).
+
+The generations (``struct lru_gen_folio``) are kernel bookkeeping kept in Python dicts,
+each change charged by a labelled ``nop``: only kswapd and the faulting threads touch
+them, and the timed driver runs one step at a time, so they are consistent; the checker
+does not explore them (its scenarios have unlimited memory and no LRU).
+
+Left out, and why: direct reclaim (an allocation that finds no free frame sleeps until
+kswapd frees one, ``page_alloc.py``), the file LRU and the anon/file balance (a VM's
+memory is one swap-backed shmem file), refault distance (``workingset_refault``: a
+swapped-in folio is never activated at once), tiers and the PID controller (one tier).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator
+
+from ...sim import Op, fetch_and, load, nop, wait_until, xchg
+from ..system import PAGE_SIZE
+from .mm import PTRS_PER_PTE
+from .mmu_notifier import (mmu_notifier_invalidate_range_end,
+                           mmu_notifier_invalidate_range_start)
+from .page_alloc import (KSWAPD, KSWAPD_STOP, KSWAPD_WAKE, NR_FREE, SWAP_CLUSTER_MAX, Zone,
+                         free_pages)
+from .swap import SwapDevice, swap_writepage, swp_entry_to_pte
+from .vmscan import folio_referenced, walk_pte_range
+
+if TYPE_CHECKING:
+    from ..system import System
+    from .mm import MM
+
+Gen = Generator[Op, Any, Any]
+
+MIN_NR_GENS = 2  # include/linux/mmzone.h
+MAX_NR_GENS = 4
+
+
+class Lruvec:
+    """One memcg's MGLRU lists for the VM's (swap-backed) folios: generations
+    ``min_seq..max_seq``, each an insertion-ordered set of pfns."""
+
+    def __init__(self) -> None:
+        self.min_seq = 0
+        self.max_seq = MIN_NR_GENS + 1  # lru_gen_init_lruvec
+        self.gens: dict[int, dict[int, None]] = {s: {} for s in range(self.max_seq + 1)}
+        self.folio_seq: dict[int, int] = {}
+        self.stats = {"aging_passes": 0, "isolated": 0, "activated": 0, "promoted": 0,
+                      "evicted": 0}
+
+    def nr_gens(self) -> int:
+        return self.max_seq - self.min_seq + 1
+
+    def nr_folios(self) -> int:
+        return len(self.folio_seq)
+
+    def _move(self, pfn: int, seq: int) -> None:
+        old = self.folio_seq.get(pfn)
+        if old is not None:
+            del self.gens[old][pfn]
+        self.gens[seq][pfn] = None
+        self.folio_seq[pfn] = seq
+
+    # -- the kernel operations (each charged by its caller's op) ------------------------
+    def folio_add_lru(self, pfn: int, swapcache: bool) -> Gen:
+        """``lru_gen_add_folio``: a freshly faulted anon folio goes to the second
+        youngest generation; one read back from swap (in the swap cache) to the oldest,
+        or the second oldest if there are more than ``MIN_NR_GENS``."""
+        yield nop(cost="lru_add")
+        if not swapcache:
+            seq = self.max_seq - 1
+        elif self.min_seq + MIN_NR_GENS >= self.max_seq:
+            seq = self.min_seq
+        else:
+            seq = self.min_seq + 1
+        self._move(pfn, seq)
+
+    def folio_update_gen(self, pfn: int) -> None:
+        """The walk or look-around found the folio young: to the youngest generation
+        (charged by the walk's own PTE operations, as the kernel's is a flag update)."""
+        if pfn in self.folio_seq and self.folio_seq[pfn] != self.max_seq:
+            self._move(pfn, self.max_seq)
+            self.stats["promoted"] += 1
+
+    def folio_activate(self, pfn: int) -> None:
+        """``shrink_folio_list`` found the folio referenced: put it back, youngest."""
+        self.gens[self.max_seq][pfn] = None
+        self.folio_seq[pfn] = self.max_seq
+        self.stats["activated"] += 1
+
+    def inc_max_seq(self) -> None:
+        """``inc_max_seq``: a new youngest generation; with ``MAX_NR_GENS`` already, the
+        oldest is first folded into the next (``inc_min_seq``)."""
+        if self.nr_gens() >= MAX_NR_GENS:
+            self._inc_min_seq()
+        self.max_seq += 1
+        self.gens[self.max_seq] = {}
+        self.stats["aging_passes"] += 1
+
+    def _inc_min_seq(self) -> None:
+        old = self.gens.pop(self.min_seq)
+        self.min_seq += 1
+        nxt = self.gens[self.min_seq]
+        for pfn in old:
+            self.folio_seq[pfn] = self.min_seq
+        # the oldest folios stay first in line (kernel: moved to the head's tail)
+        merged = dict(old)
+        merged.update(nxt)
+        self.gens[self.min_seq] = merged
+
+    def should_run_aging(self) -> bool:
+        """``should_run_aging``: eviction needs more than ``MIN_NR_GENS`` generations."""
+        return self.min_seq + MIN_NR_GENS > self.max_seq
+
+    def isolate_folios(self, n: int) -> list[int]:
+        """``isolate_folios``: up to ``n`` folios from the oldest generation; an emptied
+        oldest generation is retired (``try_to_inc_min_seq``) while more than
+        ``MIN_NR_GENS`` remain."""
+        out: list[int] = []
+        while len(out) < n:
+            gen = self.gens[self.min_seq]
+            if not gen:
+                if self.nr_gens() > MIN_NR_GENS:
+                    self.gens.pop(self.min_seq)
+                    self.min_seq += 1
+                    continue
+                break
+            pfn = next(iter(gen))
+            del gen[pfn]
+            del self.folio_seq[pfn]
+            out.append(pfn)
+        self.stats["isolated"] += len(out)
+        return out
+
+
+def enable_reclaim(sys: "System", host_pages: int) -> None:
+    """Give the host ``host_pages`` frames, a swap device and MGLRU lists."""
+    mm = sys.mm
+    mm.zone = Zone(sys, host_pages)
+    mm.swap = SwapDevice(sys)
+    mm.lru = Lruvec()
+
+
+# -- kswapd ---------------------------------------------------------------------------
+
+def kswapd(sys: "System") -> Gen:
+    """The kswapd kthread: sleep until woken, balance the node, until stopped."""
+    zone: Zone = sys.mm.zone
+    while True:
+        w = yield from kswapd_try_to_sleep(zone)
+        if w & KSWAPD_STOP:
+            return
+        yield from balance_pgdat(sys, zone)
+
+
+def kswapd_try_to_sleep(zone: Zone) -> Gen:
+    """Sleep on ``pgdat->kswapd_wait`` until a wake-up is pending, then consume it."""
+    w = yield wait_until(zone.ctl, KSWAPD, KSWAPD_WAKE, KSWAPD_WAKE, cost="kswapd_sleep")
+    yield fetch_and(zone.ctl, KSWAPD, ~KSWAPD_WAKE, cost="kswapd_wakeup")
+    return w
+
+
+def balance_pgdat(sys: "System", zone: Zone) -> Gen:
+    """Reclaim until the free frames reach the high watermark (or nothing is left)."""
+    while True:
+        free = yield load(zone.ctl, NR_FREE, cost="zone_counter_read")
+        if free >= zone.wmark_high or not sys.mm.lru.nr_folios():
+            return
+        yield from shrink_node(sys, zone)
+
+
+def shrink_node(sys: "System", zone: Zone) -> Gen:
+    """``shrink_node`` -> ``lru_gen_shrink_node`` -> ``try_to_shrink_lruvec``: age if
+    eviction has too few generations, then evict one batch."""
+    lru: Lruvec = sys.mm.lru
+    if lru.should_run_aging():
+        yield from try_to_inc_max_seq(sys)
+    yield from evict_folios(sys, zone, SWAP_CLUSTER_MAX)
+
+
+def try_to_inc_max_seq(sys: "System") -> Gen:
+    """A new generation, then the page-table walk that promotes young folios into it."""
+    yield nop(cost="lru_gen_inc_seq")
+    sys.mm.lru.inc_max_seq()
+    yield from walk_mm(sys, sys.mm)
+
+
+def walk_mm(sys: "System", mm: "MM") -> Gen:
+    """``walk_mm``: every leaf table of the VMA (the PMD level is not modelled)."""
+    step = PTRS_PER_PTE * PAGE_SIZE
+    for a in range(mm.start, mm.end, step):
+        yield from walk_pte_range(sys, mm, a, min(mm.end, a + step))
+
+
+def evict_folios(sys: "System", zone: Zone, n: int) -> Gen:
+    """Isolate up to ``n`` folios from the oldest generation and try to reclaim them."""
+    lru: Lruvec = sys.mm.lru
+    folios = lru.isolate_folios(n)
+    if folios:
+        yield nop(cost="lru_isolate")
+    return (yield from shrink_folio_list(sys, zone, folios))
+
+
+def shrink_folio_list(sys: "System", zone: Zone, folios: list[int]) -> Gen:
+    """For each folio: referenced (rmap walk, with look-around) -> promoted; else
+    unmapped, written to swap and freed. Returns the number reclaimed."""
+    mm = sys.mm
+    lru: Lruvec = mm.lru
+    reclaimed = 0
+    for pfn in folios:
+        if (yield from folio_referenced(sys, mm, pfn)):
+            lru.folio_activate(pfn)
+            continue
+        yield from try_to_unmap_one(sys, mm, pfn)
+        yield from pageout(mm.swap)
+        lru.stats["evicted"] += 1
+        reclaimed += 1
+    if reclaimed:
+        yield from free_pages(zone, reclaimed)
+        sys.count("pages_reclaimed", reclaimed)
+    return reclaimed
+
+
+def try_to_unmap_one(sys: "System", mm: "MM", pfn: int) -> Gen:
+    """Replace the folio's PTE with a swap entry between the mmu_notifier invalidation
+    calls (which zap every secondary MMU's entry for the page), and drop its rmap."""
+    addr = mm.rmap[pfn]
+    slot = mm.swap.get_swap_page()
+    yield from mmu_notifier_invalidate_range_start(mm, addr, addr + PAGE_SIZE)
+    t, i = mm.pte_slot(addr)
+    yield xchg(t, i, swp_entry_to_pte(slot), cost="pte_clear")  # ptep_clear_flush
+    yield from mmu_notifier_invalidate_range_end(mm, addr, addr + PAGE_SIZE)
+    del mm.rmap[pfn]
+
+
+def pageout(swap: SwapDevice) -> Gen:
+    """``pageout`` -> ``swap_writepage``: start the write (asynchronous)."""
+    yield from swap_writepage(swap)

@@ -1,0 +1,206 @@
+"""What every timed scenario shares: sizes, the harness's zero-cost labels, time-stamp
+probes, checks, and the figures and summary lines every run reports (CPU time by
+category and role, fault latencies, mmu_lock waits and holds, the model's counters).
+
+Scenario modules (``access_tracking.py``, ``max_guest_memory.py``) build their threads
+from the kernel model and call these; nothing here knows a scenario's steps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Generator
+
+import numpy as np
+
+from ..sim import Op, spawn
+from ..sim.costmodel import CostModel, load_cost_model
+from ..sim.timed import Dist, TimedResult
+
+Gen = Generator[Op, Any, Any]
+
+_HARNESS = ("selftest harness bookkeeping (barrier words, stop flag, time-stamp probes), "
+            "not modelled kernel work: 0 ns so the harness does not perturb the measured "
+            "steps; the time a thread waits at a barrier is accounted as 'harness'")
+#: labels of the harness's own operations, added to a cost model that lacks them
+HARNESS_LABELS: dict[str, dict[str, Any]] = {
+    name: {"ns": 0, "per_element_ns": 0, "category": "harness", "rationale": _HARNESS}
+    for name in ("perf_kick", "perf_wait_kick", "perf_vcpu_done", "perf_wait_vcpus",
+                 "perf_stop", "perf_stop_check", "perf_tlb_reach")
+}
+
+
+class ConfigError(ValueError):
+    """A configuration a scenario refuses (one line)."""
+
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*\Z", re.IGNORECASE)
+_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def parse_size(text: str, default_unit: str = "") -> int:
+    """Bytes from ``4096``, ``64K``, ``2M``, ``1G`` (binary units, as the selftests'
+    ``parse_size``); ``KB``/``KiB`` spellings are accepted too. A bare number is in
+    ``default_unit`` (``"g"`` for options the kernel tool takes in GiB)."""
+    mt = _SIZE_RE.match(text)
+    if not mt:
+        raise ValueError(f"expected a size like 4096, 64K, 2M or 1G, got {text!r}")
+    unit = mt.group(2).lower() or default_unit
+    return int(mt.group(1)) << _SHIFT[unit]
+
+
+def with_harness_labels(cm: CostModel) -> CostModel:
+    missing = {k: v for k, v in HARNESS_LABELS.items() if k not in cm.labels}
+    return cm.with_labels(missing) if missing else cm
+
+
+def perf_cost_model(path: str | None = None) -> CostModel:
+    """The cost model (packaged default or ``path``) plus the harness labels it lacks."""
+    return with_harness_labels(load_cost_model(path))
+
+
+def _probe() -> Gen:
+    """An empty thread: its start time is the instant its spawner wanted stamped."""
+    return
+    yield  # pragma: no cover  (makes this a generator)
+
+
+def stamp(name: str) -> Gen:
+    """Time-stamp this instant as probe ``name`` (the probe thread starts at the end of
+    the step that spawns it)."""
+    yield spawn(_probe, name=f"probe:{name}")
+
+
+def stamps(r: TimedResult) -> dict[str, int]:
+    """Every probe's instant, by name."""
+    return {t.name[len("probe:"):]: t.start_ns for t in r.threads
+            if t.name.startswith("probe:")}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass", "fail" or "warn"
+    detail: str
+    value: float | None = None
+    limit: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail,
+                "value": self.value, "limit": self.limit}
+
+
+def run_checks(r: TimedResult, steps_done: int, steps: int) -> list[Check]:
+    """The checks every scenario makes of the run itself."""
+    if r.violation is not None:
+        return [Check("no violation", "fail", f"{r.violation.kind}: {r.violation.message}")]
+    if r.stopped != "done":
+        return [Check("run completed", "fail", f"the timed run stopped: {r.stopped}")]
+    if steps_done != steps:
+        return [Check("run completed", "fail", "not every step completed")]
+    return []
+
+
+def dist_summary(d: Dist) -> dict[str, Any]:
+    return {"n": d.n, "mean_ns": round(d.mean, 3), "p50_ns": d.percentile(50),
+            "p99_ns": d.percentile(99), "p99_9_ns": d.percentile(99.9), "max_ns": d.max}
+
+
+def seconds(ns: float) -> float:
+    return ns / 1e9
+
+
+def fmt_s(ns: int) -> str:
+    """``%ld.%09lds``, as the selftests print a timespec."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
+
+
+def fault_latency_percentiles(lat: list[int]) -> dict[str, Any]:
+    """p50, p99 and p99.9 of the fault latencies (nearest rank), in virtual ns."""
+    if not lat:
+        return {"fault_latency_p50_ns": None, "fault_latency_p99_ns": None,
+                "fault_latency_p999_ns": None}
+    xs = sorted(lat)
+
+    def rank(q: float) -> int:
+        return xs[min(len(xs) - 1, max(0, int(np.ceil(q * len(xs))) - 1))]
+
+    return {"fault_latency_p50_ns": rank(0.50), "fault_latency_p99_ns": rank(0.99),
+            "fault_latency_p999_ns": rank(0.999)}
+
+
+def common_figures(r: TimedResult, samples: dict[str, list[int]]) -> dict[str, Any]:
+    """The figures every timed run reports, for its JSON."""
+    by_role: dict[str, dict[str, int]] = {}
+    for t in r.threads:
+        d = by_role.setdefault(t.role, {})
+        for c, v in t.categories.items():
+            d[c] = d.get(c, 0) + v
+    faults = r.counters.get("vcpu_faults", 0)
+    vcpu_cats = by_role.get("vcpu", {})
+    fault_ns = sum(v for c, v in vcpu_cats.items() if c not in ("guest", "harness"))
+    locks = {}
+    for name, lk in sorted(r.locks.items()):
+        locks[name] = {"kind": lk.kind, "acquisitions": lk.acquisitions,
+                       "contended": lk.contended, "spin_ns": lk.spin_ns,
+                       "sleep_ns": lk.sleep_ns,
+                       "wait": {k: dist_summary(d) for k, d in sorted(lk.wait.items())},
+                       "hold": {k: dist_summary(d) for k, d in sorted(lk.hold.items())}}
+    return {
+        "virtual_end_ns": r.end_ns,
+        "steps": r.steps,
+        "cpu_time_ns": dict(sorted(r.categories.items())),
+        "cpu_time_by_role_ns": {k: dict(sorted(v.items())) for k, v in sorted(by_role.items())},
+        "faults": {"vcpu_faults": faults,
+                   "vcpu_host_ns_per_fault": round(fault_ns / faults, 3) if faults else None,
+                   "note": "host ns per fault: vCPU time outside guest and harness (exits, "
+                           "fault handling, lock spinning, flush waits, sleeping for memory "
+                           "or swap) per EPT violation; latency: virtual ns from the "
+                           "violation to the translation that worked",
+                   **fault_latency_percentiles(samples.get("fault_latency_ns", []))},
+        "locks": locks,
+        "counters": dict(sorted(r.counters.items())),
+        "cas_attempts": r.cas_attempts, "cas_failures": r.cas_failures,
+        "atomic_contended": r.atomic_contended, "tlb_flushes": r.tlb_flushes,
+        "unknown_labels": r.unknown_labels,
+    }
+
+
+def render_common(d: dict[str, Any], checks: list[Check], counter_keys: tuple[str, ...],
+                  no_checks: str = "checks: none") -> list[str]:
+    """Checks, CPU time, faults, mmu_lock and counter lines of a run's summary."""
+    out = []
+    for c in checks:
+        out.append(f"check {c.status.upper():<4} {c.name}: {c.detail}")
+    if not checks:
+        out.append(no_checks)
+    cats = d["cpu_time_ns"]
+    total = sum(cats.values()) or 1
+    out.append("")
+    out.append("CPU time by category: " + ", ".join(
+        f"{c} {v / 1e3:.1f}us ({100.0 * v / total:.1f}%)" for c, v in cats.items()))
+    f = d["faults"]
+    if f["vcpu_faults"]:
+        out.append(f"vCPU faults: {f['vcpu_faults']}, host time per fault "
+                   f"{f['vcpu_host_ns_per_fault']:.0f} ns, latency p50/p99/p99.9 "
+                   f"{f['fault_latency_p50_ns']}/{f['fault_latency_p99_ns']}/"
+                   f"{f['fault_latency_p999_ns']} ns")
+    for name, lk in d["locks"].items():
+        if "mmu_lock" not in name:
+            continue
+        parts = []
+        for role, w in lk["wait"].items():
+            hd = lk["hold"].get(role)
+            parts.append(f"{role} n={w['n']} wait p50/p99/max {w['p50_ns']}/{w['p99_ns']}/"
+                         f"{w['max_ns']} ns" + (f", hold mean {hd['mean_ns']:.0f} ns"
+                                                 if hd else ""))
+        out.append(f"{name}: {lk['acquisitions']} acquisitions, {lk['contended']} contended,"
+                   f" spinning {lk['spin_ns']} ns; " + "; ".join(parts))
+    cn = d["counters"]
+    keys = [k for k in counter_keys if k in cn]
+    out.append("counters: " + (", ".join(f"{k} {cn[k]}" for k in keys) or "none"))
+    if d["unknown_labels"]:
+        out.append("WARNING: labels missing from the cost model (kind default used): "
+                   + ", ".join(sorted(d["unknown_labels"])))
+    return out

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     c2 = sub.add_parser("compare", help="designs side by side on the timed driver: a table "
                                          "and a report folder")
     c2.add_argument("--preset", default="default",
-                    help="default: locked vs lockless x per-page vs batched")
+                    help="default: locked vs lockless x per-page vs batched; calibration: "
+                         "the model beside the 2023 series' published figures")
     c2.add_argument("--out", metavar="DIR", default=None,
                     help="report folder (default: reports/compare-PRESET)")
     c2.add_argument("--cost-model", metavar="FILE",
@@ -430,6 +431,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from .perf.compare import (PresetError, decompose, get_preset, render_decomposition,
                                render_table, run_compare, write_report)
 
+    if a.preset == "calibration":
+        return _compare_calibration(a)
     try:
         preset = get_preset(a.preset)
         cm = perf_cost_model(a.cost_model)
@@ -462,6 +465,62 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise UsageError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
     print(f"\nreport: {', '.join(paths)}")
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _compare_calibration(a: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .perf import calibration as cal
+    from .perf.harness import perf_cost_model
+
+    try:
+        cm = perf_cost_model(a.cost_model)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out_dir = a.out or os.path.join("reports", "compare-calibration")
+    print(f"youngsim compare, preset calibration: max_guest_memory_test for "
+          f"{', '.join(d for d, _ in cal.DESIGNS)} on {cal.MMU}, -c {cal.VCPUS} "
+          f"-m {cal.GUEST_BYTES >> 20}M, host 3/4 of the guest; beside the published "
+          "2023 figures (spec section 5)")
+    with tqdm(total=len(cal.DESIGNS), desc="calibration", unit="run", file=sys.stderr,
+              disable=None) as bar:
+        def progress(done: str) -> None:
+            bar.set_postfix_str(done)
+            bar.update(1)
+
+        rows, runs, profiles = cal.run_calibration(cm, progress=progress)
+    text = cal.render(rows, runs)
+    print(text)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        path = os.path.join(out_dir, "results.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"preset": "calibration", "vcpus": cal.VCPUS,
+                       "guest_bytes": cal.GUEST_BYTES, "mmu": cal.MMU, "rows": rows,
+                       "runs": runs, "not_modelled": list(cal.NOT_MODELLED)}, f,
+                      indent=2, sort_keys=True)
+            f.write("\n")
+        paths.append(path)
+        md = ["# youngsim compare: preset `calibration`", "", cal.__doc__ or "", "",
+              "## Model beside the published figures", "", "```", text, "```", ""]
+        for design, prof in profiles.items():
+            base = os.path.join(out_dir, f"profile-{design}")
+            prof.write_folded(base + ".folded")
+            with open(base + ".txt", "w", encoding="utf-8") as f:
+                f.write(prof.format_table(limit=None) + "\n")
+            paths += [base + ".folded", base + ".txt"]
+            md += [f"### Profile: {design}", "", "```", prof.format_table(limit=20), "```", ""]
+        path = os.path.join(out_dir, "report.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(md))
+        paths.append(path)
+    except OSError as e:
+        raise UsageError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
+    print(f"\nreport: {', '.join(paths)}")
+    return 0 if all(r["ok"] for r in runs.values()) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

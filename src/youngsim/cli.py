@@ -472,6 +472,7 @@ def _compare_calibration(a: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .check.model import NotModelled
     from .perf import calibration as cal
     from .perf.harness import perf_cost_model
 
@@ -490,7 +491,10 @@ def _compare_calibration(a: argparse.Namespace) -> int:
             bar.set_postfix_str(done)
             bar.update(1)
 
-        rows, runs, profiles = cal.run_calibration(cm, progress=progress)
+        try:
+            rows, runs, profiles = cal.run_calibration(cm, progress=progress)
+        except (ValueError, NotModelled) as e:
+            raise UsageError(str(e)) from None
     text = cal.render(rows, runs)
     print(text)
     try:

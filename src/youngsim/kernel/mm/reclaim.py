@@ -124,17 +124,16 @@ class Lruvec:
 
     def isolate_folios(self, n: int) -> list[int]:
         """``isolate_folios``: up to ``n`` folios from the oldest generation; an emptied
-        oldest generation is retired (``try_to_inc_min_seq``) while more than
-        ``MIN_NR_GENS`` remain."""
+        oldest generation is retired (``try_to_inc_min_seq``). The ``MIN_NR_GENS``
+        youngest generations are never evicted (``scan_folios`` returns 0 once only they
+        remain): then nothing is isolated and the caller must age first."""
         out: list[int] = []
-        while len(out) < n:
+        while len(out) < n and self.nr_gens() > MIN_NR_GENS:
             gen = self.gens[self.min_seq]
             if not gen:
-                if self.nr_gens() > MIN_NR_GENS:
-                    self.gens.pop(self.min_seq)
-                    self.min_seq += 1
-                    continue
-                break
+                self.gens.pop(self.min_seq)
+                self.min_seq += 1
+                continue
             pfn = next(iter(gen))
             del gen[pfn]
             del self.folio_seq[pfn]

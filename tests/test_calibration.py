@@ -100,5 +100,5 @@ def test_cli_refuses_a_preset_too_small_in_one_line(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(cal, "GUEST_BYTES", 1 << 20)  # 192 host frames: below the floor
     assert main(["compare", "--preset", "calibration", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--host-mem" in err[0]
+    assert len(err) == 1 and "default host memory" in err[0]
     assert not (tmp_path / "results.json").exists()

@@ -110,8 +110,13 @@ class Config:
                 f"-m {self.guest_bytes} bytes is {self.total_pages} pages, above this "
                 f"build's cap of {MAX_TOTAL_PAGES} pages ({MAX_TOTAL_PAGES * PAGE_SIZE >> 20}"
                 " MiB): every page is simulated one operation at a time")
+        if self.slot_bytes is not None and self.slot_bytes > self.guest_bytes:
+            raise ConfigError(f"-s {self.slot_bytes} bytes is larger than -m "
+                              f"{self.guest_bytes} bytes")
         if self.host_pages < 8 * SWAP_CLUSTER_MAX:
-            raise ConfigError(f"--host-mem gives {self.host_pages} frames; the model needs "
+            given = "--host-mem" if self.host_bytes is not None else \
+                "the default host memory (3/4 of -m)"
+            raise ConfigError(f"{given} gives {self.host_pages} frames; the model needs "
                               f"at least {8 * SWAP_CLUSTER_MAX} (watermarks and batches)")
 
 

@@ -75,7 +75,6 @@ from typing import Any, Generator
 import numpy as np
 
 from ..check.model import build_system
-from ..designs import DESIGNS, MMU_VARIANTS
 from ..kernel.arm64 import pgtable as P
 from ..kernel.arm64.mmu import Arm64Stage2Mmu
 from ..kernel.hw.vcpu import guest_access
@@ -86,9 +85,9 @@ from ..kernel.x86 import spte as S
 from ..sim import Machine, Op, fetch_add, load, store, vstore, wait_until
 from ..sim.costmodel import CostModel
 from ..sim.timed import TimedDriver, TimedResult
-from .harness import (Check, ConfigError, common_figures,
-                      fmt_s, perf_cost_model,
-                      render_common, run_checks, seconds, stamp, stamps, with_harness_labels)
+from .harness import (Check, ConfigError, common_figures, fmt_s, invariant_checks,
+                      perf_cost_model, render_common, result_ok, run_checks, seconds,
+                      stamp, stamps, validate_design_mmu, with_harness_labels)
 
 Gen = Generator[Op, Any, Any]
 
@@ -134,14 +133,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (or ``NotModelled``) with a one-line reason."""
-        if self.design not in DESIGNS:
-            raise ConfigError(f"unknown design {self.design!r} (known: {', '.join(DESIGNS)})")
-        if self.mmu not in MMU_VARIANTS:
-            raise ConfigError(f"unknown MMU variant {self.mmu!r} "
-                              f"(known: {', '.join(MMU_VARIANTS)})")
-        reason = DESIGNS[self.design].applies(self.mmu)
-        if reason:
-            raise ConfigError(f"{self.design} does not apply to {self.mmu}: {reason}")
+        validate_design_mmu(self.design, self.mmu)
         if self.vcpus < 1:
             raise ConfigError(f"-v must be at least 1, got {self.vcpus}")
         if self.bytes_per_vcpu < PAGE_SIZE or self.bytes_per_vcpu % PAGE_SIZE:
@@ -193,10 +185,7 @@ class _Harness:
 
     # -- checks (thread-local code of the main thread: evaluated at that instant) ----
     def check_invariants(self, where: str) -> None:
-        for name, fn in self.invariants:
-            msg = fn(self.m)
-            if msg:
-                self.checks.append(Check(f"invariant {name}", "fail", f"{where}: {msg}"))
+        self.checks += invariant_checks(self.m, self.invariants, where)
 
     def check_idle(self, k: int) -> None:
         young = secondary_young(self.sys.kvms[0].arch)
@@ -293,8 +282,7 @@ class PerfResult:
 
     @property
     def ok(self) -> bool:
-        return self.timed.ok and self.timed.stopped == "done" and all(
-            c.status != "fail" for c in self.checks)
+        return result_ok(self.timed, self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         return self.data

@@ -14,7 +14,8 @@ from typing import Any, Generator
 
 import numpy as np
 
-from ..sim import Op, spawn
+from ..designs import DESIGNS, MMU_VARIANTS
+from ..sim import Machine, Op, spawn
 from ..sim.costmodel import CostModel, load_cost_model
 from ..sim.timed import Dist, TimedResult
 
@@ -48,6 +49,18 @@ def parse_size(text: str, default_unit: str = "") -> int:
         raise ValueError(f"expected a size like 4096, 64K, 2M or 1G, got {text!r}")
     unit = mt.group(2).lower() or default_unit
     return int(mt.group(1)) << _SHIFT[unit]
+
+
+def validate_design_mmu(design: str, mmu: str) -> None:
+    """Raise ``ConfigError`` unless ``design`` is known, ``mmu`` is known, and the design
+    applies to that MMU variant."""
+    if design not in DESIGNS:
+        raise ConfigError(f"unknown design {design!r} (known: {', '.join(DESIGNS)})")
+    if mmu not in MMU_VARIANTS:
+        raise ConfigError(f"unknown MMU variant {mmu!r} (known: {', '.join(MMU_VARIANTS)})")
+    reason = DESIGNS[design].applies(mmu)
+    if reason:
+        raise ConfigError(f"{design} does not apply to {mmu}: {reason}")
 
 
 def with_harness_labels(cm: CostModel) -> CostModel:
@@ -89,6 +102,22 @@ class Check:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "detail": self.detail,
                 "value": self.value, "limit": self.limit}
+
+
+def invariant_checks(m: Machine, invariants: list[Any], where: str) -> list[Check]:
+    """The checker's SPTE invariants, evaluated now (at a step boundary): one failed
+    check per violated invariant."""
+    out = []
+    for name, fn in invariants:
+        msg = fn(m)
+        if msg:
+            out.append(Check(f"invariant {name}", "fail", f"{where}: {msg}"))
+    return out
+
+
+def result_ok(r: TimedResult, checks: list[Check]) -> bool:
+    """A scenario run is ok: no violation, ran to the end, no failed check."""
+    return r.ok and r.stopped == "done" and all(c.status != "fail" for c in checks)
 
 
 def run_checks(r: TimedResult, steps_done: int, steps: int) -> list[Check]:

@@ -33,7 +33,6 @@ from typing import Any, Generator
 import numpy as np
 
 from ..check.model import build_system
-from ..designs import DESIGNS, MMU_VARIANTS
 from ..kernel.hw.vcpu import guest_access
 from ..kernel.mm.page_alloc import KSWAPD, KSWAPD_STOP, KSWAPD_WAKE, SWAP_CLUSTER_MAX
 from ..kernel.mm.reclaim import enable_reclaim, kswapd
@@ -41,9 +40,9 @@ from ..kernel.system import PAGE_SIZE
 from ..sim import Machine, Op, fetch_add, fetch_or, store, vstore, wait_until
 from ..sim.costmodel import CostModel
 from ..sim.timed import TimedDriver, TimedResult
-from .harness import (Check, ConfigError, common_figures, fmt_s, perf_cost_model,
-                      render_common, run_checks, seconds, stamp, stamps,
-                      with_harness_labels)
+from .harness import (Check, ConfigError, common_figures, fmt_s, invariant_checks,
+                      perf_cost_model, render_common, result_ok, run_checks, seconds,
+                      stamp, stamps, validate_design_mmu, with_harness_labels)
 
 Gen = Generator[Op, Any, Any]
 
@@ -87,14 +86,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` with a one-line reason."""
-        if self.design not in DESIGNS:
-            raise ConfigError(f"unknown design {self.design!r} (known: {', '.join(DESIGNS)})")
-        if self.mmu not in MMU_VARIANTS:
-            raise ConfigError(f"unknown MMU variant {self.mmu!r} "
-                              f"(known: {', '.join(MMU_VARIANTS)})")
-        reason = DESIGNS[self.design].applies(self.mmu)
-        if reason:
-            raise ConfigError(f"{self.design} does not apply to {self.mmu}: {reason}")
+        validate_design_mmu(self.design, self.mmu)
         if self.vcpus < 1:
             raise ConfigError(f"-c must be at least 1, got {self.vcpus}")
         for opt, v in (("-m", self.guest_bytes), ("-s", self.slot_bytes),
@@ -143,10 +135,7 @@ class _Harness:
         return i * per, (n if i == c - 1 else (i + 1) * per)
 
     def check_invariants(self, where: str) -> None:
-        for name, fn in self.invariants:
-            msg = fn(self.m)
-            if msg:
-                self.checks.append(Check(f"invariant {name}", "fail", f"{where}: {msg}"))
+        self.checks += invariant_checks(self.m, self.invariants, where)
 
     def vcpu(self, i: int) -> Gen:
         sys = self.sys
@@ -185,8 +174,7 @@ class MgmResult:
 
     @property
     def ok(self) -> bool:
-        return self.timed.ok and self.timed.stopped == "done" and all(
-            c.status != "fail" for c in self.checks)
+        return result_ok(self.timed, self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         return self.data

@@ -6,9 +6,12 @@ import json
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from youngsim.cli import main
 from youngsim.perf import MAX_TOTAL_PAGES, Config, parse_size, run_access_tracking
+from youngsim.perf.harness import fmt_size
 
 SMALL = ["-v", "2", "-b", "32K"]
 STEP_RE = re.compile(r"^(.{30}): (\d+)\.(\d{9})s$")
@@ -154,3 +157,13 @@ def test_parse_size():
     assert parse_size("32KiB") == 32768
     with pytest.raises(ValueError):
         parse_size("1.5M")
+    # a bare number takes the default unit; a "B" suffix always means bytes
+    assert parse_size("2", "g") == 2 << 30 and parse_size("2M", "g") == 2 << 20
+    assert parse_size("4096B", "g") == 4096 and parse_size("4096b", "g") == 4096
+
+
+@given(st.integers(min_value=1, max_value=1 << 50))
+def test_fmt_size_round_trips_through_parse_size(n):
+    text = fmt_size(n)
+    assert parse_size(text, "g") == n
+    assert text[-1] in "TGMKB"

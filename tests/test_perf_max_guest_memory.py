@@ -41,8 +41,9 @@ JSON_KEYS = {"scenario", "config", "scale_note", "cost_model", "ok", "stopped", 
              "faults", "locks", "counters", "cas_attempts", "cas_failures",
              "atomic_contended", "tlb_flushes", "unknown_labels"}
 RECLAIM_KEYS = {"watermarks", "free_at_end", "swap_writes", "swap_reads",
-                "swap_slots_in_use_at_end", "lru_gen", "lru_gen_seq"}
-LRU_STATS = {"aging_passes", "isolated", "activated", "promoted", "evicted"}
+                "swap_slots_in_use_at_end", "lru_gen", "lru_gen_seq", "direct_reclaims"}
+LRU_STATS = {"aging_passes", "isolated", "activated", "promoted", "evicted",
+             "aging_skipped"}
 
 
 def run(design: str, mmu: str = "x86-tdp", **kw):
@@ -89,7 +90,7 @@ def test_every_design_completes_under_pressure_on_x86_tdp(design):
     assert cfg == {"design": design, "mmu": "x86-tdp", "vcpus": 2,
                    "guest_bytes": 2 << 20, "slot_bytes": 2 << 20,
                    "host_bytes": HOST_DEFAULT * PAGE_SIZE, "total_pages": NPAGES,
-                   "host_pages": HOST_DEFAULT, "seed": 0}
+                   "host_pages": HOST_DEFAULT, "direct_reclaim": True, "seed": 0}
     assert res.data["reclaim"]["watermarks"] == {"min": WMIN, "low": WLOW, "high": WHIGH}
 
 
@@ -276,12 +277,15 @@ def test_kswapd_profile(design):
     # sampling changes no figure
     plain = dict(run(design).data)
     assert json.dumps(plain, sort_keys=True) == json.dumps(res.data, sort_keys=True)
-    table = {row[0]: row for row in res.timed.profile.children_table()}
+    ks = kswapd_stacks(res)
+    samples = res.timed.profile.samples
+
+    def children(f):  # kswapd's samples with ``f`` on the stack
+        return sum(samples[st] for st in ks if f in st)
     for f in ("kswapd", "balance_pgdat", "shrink_folio_list", "folio_referenced",
               "try_to_unmap_one", "walk_mm"):
-        assert f in table and table[f][3] > 0, f
-    assert table["kswapd"][3] >= table["shrink_folio_list"][3] >= table["folio_referenced"][3]
-    ks = kswapd_stacks(res)
+        assert children(f) > 0, f
+    assert children("kswapd") >= children("shrink_folio_list") >= children("folio_referenced")
     rmap, walk = frames(ks, "folio_referenced"), frames(ks, "walk_mm")
     kvm_frames = {f for f in frames(ks)
                   if "kvm" in f or ("mmu_notifier" in f and "invalidate" not in f)}
@@ -337,6 +341,29 @@ def test_cli_prints_the_tools_line_and_writes_json(capsys, tmp_path):
     assert json.dumps(d, sort_keys=True) == json.dumps(run("yu-v2").data, sort_keys=True)
 
 
+def test_direct_reclaim_by_faulting_vcpus_and_the_switch_that_turns_it_off(capsys):
+    on = run("legacy").data
+    off_res = run("legacy", direct_reclaim=False)
+    off = off_res.data
+    assert on["config"]["direct_reclaim"] is True and off["config"]["direct_reclaim"] is False
+    assert on["reclaim"]["direct_reclaims"] > 0 and off["reclaim"]["direct_reclaims"] == 0
+    assert_completed_under_pressure(off_res)
+    # direct reclaim in legacy: vCPUs clear young bits under mmu_lock for write
+    lock = next(v for n, v in on["locks"].items() if "mmu_lock" in n)
+    lock_off = next(v for n, v in off["locks"].items() if "mmu_lock" in n)
+    assert "vcpu:write" in lock["hold"] and "vcpu:write" not in lock_off["hold"]
+    assert "no direct reclaim" in off_res.render() and "no direct reclaim" not in \
+        run("legacy").render()
+    rc, out, err = run_cli(capsys, *D, "-c", "2", "-m", "2M", "--no-direct-reclaim")
+    assert rc == 0 and "0 direct reclaims by faulting vCPUs" in out
+    rc, out, err = run_cli(capsys, *D, "-c", "1", "-m", "1040K", "--host-mem", "1M")
+    assert rc == 0 and "-m 1040K -s 1040K, host memory 1M" in out  # sizes not rounded
+    rc = main(["run", "access_tracking_perf_test", *D, "--no-direct-reclaim"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "--no-direct-reclaim is not an option of access_tracking_perf_test" in err
+
+
 @pytest.mark.parametrize("args,needle", [
     (["-v", "2"], "option -v is not an option of max_guest_memory_test"),
     (["-b", "32K"], "option -b is not an option of max_guest_memory_test"),
@@ -352,6 +379,7 @@ def test_cli_prints_the_tools_line_and_writes_json(capsys, tmp_path):
     (["-m", "2M", "-c", "0"], "expected a positive integer"),
     (["-m", "2M", "-c", "513"], "at least one page per vCPU"),
     (["-m", "lots"], "expected a size"),
+    (["-m", "4096B"], "-m gives 1 pages for 4 vCPUs"),  # bytes, not GiB
 ])
 def test_cli_refusals(capsys, args, needle):
     rc, out, err = run_cli(capsys, *D, *args)

@@ -60,7 +60,8 @@ def test_lruvec_starts_as_lru_gen_init_lruvec():
     assert lru.nr_gens() == MAX_NR_GENS and lru.nr_folios() == 0
     assert not lru.should_run_aging()
     assert lru.stats == dict.fromkeys(
-        ("aging_passes", "isolated", "activated", "promoted", "evicted"), 0)
+        ("aging_passes", "isolated", "activated", "promoted", "evicted",
+         "aging_skipped"), 0)
     check_lruvec(lru)
 
 
@@ -310,7 +311,7 @@ def run_threads(m: Machine, *threads) -> object:
 @pytest.mark.parametrize("extra,woken", [(0, False), (1, True)])
 def test_allocation_wakes_kswapd_below_the_low_watermark(extra, woken):
     m, sys = small_system()
-    enable_reclaim(sys, 256)
+    enable_reclaim(sys, 256, direct_reclaim=False)
     zone = sys.mm.zone
 
     def taker(k):
@@ -325,8 +326,9 @@ def test_allocation_wakes_kswapd_below_the_low_watermark(extra, woken):
 
 def test_allocation_sleeps_while_no_frame_is_free():
     m, sys = small_system()
-    enable_reclaim(sys, 256)
+    enable_reclaim(sys, 256, direct_reclaim=False)
     zone = sys.mm.zone
+    assert zone.floor == 0
     done = []
 
     def taker():
@@ -340,7 +342,7 @@ def test_allocation_sleeps_while_no_frame_is_free():
     assert zone.nr_free_now() == 0 and int(zone.ctl[EMPTY]) == 1
 
     m, sys = small_system()
-    enable_reclaim(sys, 256)
+    enable_reclaim(sys, 256, direct_reclaim=False)
     zone = sys.mm.zone
 
     def freer():
@@ -426,11 +428,15 @@ def test_look_around_window_is_centred_in_a_large_vma():
 
 # -- kswapd against a faulting vCPU, with the SPTE invariants checked at every step ----
 
-def direct_reclaim_run(design: str, mmu: str, npages: int, host: int, passes: int = 2):
+def direct_reclaim_run(design: str, mmu: str, npages: int, host: int, passes: int = 2,
+                       direct: bool = True, with_kswapd: bool = True):
     m, sys = small_system(npages, design, mmu)
-    enable_reclaim(sys, host)
+    enable_reclaim(sys, host, direct_reclaim=direct)
     vcpu = sys.kvms[0].vcpus[0]
     zone = sys.mm.zone
+    floor = zone.floor
+    m.invariant("zone floor", lambda m: None if zone.nr_free_now() >= floor else
+                f"{zone.nr_free_now()} free frames, below the floor {floor}")
 
     def guest():
         for _ in range(passes):
@@ -438,9 +444,54 @@ def direct_reclaim_run(design: str, mmu: str, npages: int, host: int, passes: in
                 yield from guest_access(sys, vcpu, g, True)
         yield fetch_or(zone.ctl, KSWAPD, KSWAPD_WAKE | KSWAPD_STOP, cost="perf_stop")
 
-    roles = {m.spawn(guest, name="vcpu0"): "vcpu", m.spawn(kswapd, sys, name="kswapd0"):
-             "kswapd"}
-    return sys, TimedDriver(m, perf_cost_model(), roles=roles).run()
+    roles = {m.spawn(guest, name="vcpu0"): "vcpu"}
+    if with_kswapd:
+        roles[m.spawn(kswapd, sys, name="kswapd0")] = "kswapd"
+    return sys, TimedDriver(m, perf_cost_model(), roles=roles, sample_period_ns=1000).run()
+
+
+def test_direct_reclaim_alone_keeps_a_faulting_vcpu_going_above_the_min_watermark():
+    npages, host = 320, 8 * SWAP_CLUSTER_MAX
+    # no kswapd and no direct reclaim: the first allocation on an empty zone sleeps forever
+    _, r = direct_reclaim_run("yu-v2", "x86-tdp", npages, host, direct=False,
+                              with_kswapd=False)
+    assert r.stopped == "deadlock" and "zone" in r.violation.message
+    # no kswapd, direct reclaim: the vCPU frees frames itself and never goes below min
+    sys, r = direct_reclaim_run("yu-v2", "x86-tdp", npages, host, with_kswapd=False)
+    assert r.stopped == "done" and r.violation is None  # the floor invariant held
+    zone, lru = sys.mm.zone, sys.mm.lru
+    assert zone.floor == zone.wmark_min > 0 and zone.direct_reclaims > 0
+    assert r.counters["direct_reclaim"] <= zone.direct_reclaims
+    assert lru.stats["evicted"] == r.counters["pages_reclaimed"] > 0
+    assert lru.stats["aging_passes"] > 0 and r.counters["swap_ins"] > 0
+    # the reclaim ran in the vCPU's fault path, below the allocation
+    stacks = [st for st in r.profile.samples if "try_to_free_pages" in st]
+    assert stacks and all(st[0] == "[vcpu]" for st in stacks)
+    assert all(st.index("alloc_page") < st.index("try_to_free_pages") for st in stacks)
+    assert all(st.index("try_to_free_pages") < st.index("shrink_node")
+               for st in stacks if "shrink_node" in st)
+    assert any("folio_referenced" in st for st in stacks)
+
+
+def test_only_one_reclaimer_walks_the_mm_at_a_time():
+    _, sys = small_system()
+    enable_reclaim(sys, 256)
+    lru = sys.mm.lru
+    from youngsim.kernel.mm.reclaim import try_to_inc_max_seq
+    lru.walking = True  # another reclaimer is between two operations of its walk
+    assert list(try_to_inc_max_seq(sys)) == []  # this one skips aging: no operation
+    assert lru.stats["aging_skipped"] == 1 and lru.stats["aging_passes"] == 0
+    lru.walking = False
+    m = sys.m
+    seen = []
+
+    def reclaimer():
+        yield from try_to_inc_max_seq(sys)
+        seen.append(lru.walking)
+
+    r = run_threads(m, (reclaimer, ()))
+    assert r.stopped == "done" and seen == [False]
+    assert lru.stats["aging_passes"] == 1 and lru.stats["aging_skipped"] == 1
 
 
 @pytest.mark.parametrize("design,mmu", [("yu-v2", "x86-tdp"), ("legacy", "arm64")])

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_guest_memory_test: memslot size (default: one slot)")
     t.add_argument("--host-mem", type=_size, default=None, metavar="SIZE",
                    help="max_guest_memory_test: host memory, e.g. 24M (default 3/4 of -m)")
+    t.add_argument("--no-direct-reclaim", action="store_true",
+                   help="max_guest_memory_test: only kswapd reclaims (an allocation at the "
+                        "min watermark sleeps until kswapd frees frames)")
     t.add_argument("--design", metavar="D", help="design (see youngsim check --list-models)")
     t.add_argument("--mmu", metavar="M", help="secondary MMU variant")
     t.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -345,11 +348,13 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 _SCENARIO_OPTIONS = {
     "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb"),
-    "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem"),
+    "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem",
+                              "no_direct_reclaim"),
 }
 _OPTION_NAMES = {"vcpus": "-v", "bytes_per_vcpu": "-b", "benchmark": "-p",
                  "keep_tlb": "--keep-tlb", "nr_vcpus": "-c", "max_mem": "-m",
-                 "slot_size": "-s", "host_mem": "--host-mem"}
+                 "slot_size": "-s", "host_mem": "--host-mem",
+                 "no_direct_reclaim": "--no-direct-reclaim"}
 
 
 def _scenario_result(a: argparse.Namespace) -> Any:
@@ -387,7 +392,8 @@ def _scenario_result(a: argparse.Namespace) -> Any:
                           guest_bytes=(a.max_mem if a.max_mem is not None
                                        else mgm.DEFAULT_GUEST_BYTES),
                           slot_bytes=a.slot_size, host_bytes=a.host_mem, seed=a.seed,
-                          profile_period_ns=period)
+                          profile_period_ns=period,
+                          direct_reclaim=not a.no_direct_reclaim)
         mcfg.validate()
         cm = perf_cost_model(a.cost_model)
         return mgm.run_max_guest_memory(mcfg, cm)

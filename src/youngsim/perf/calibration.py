@@ -173,7 +173,8 @@ def render(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
         rc = d["reclaim"]
         lines.append(f"{d['design']:<15} run1 {d['run1_s']:.6f} s, run2 {d['run2_s']:.6f} s; "
                      f"{rc['lru_gen']['evicted']} evicted, {rc['swap_reads']} swapped in, "
-                     f"{rc['lru_gen']['activated']} kept referenced ({d['stands_for']})")
+                     f"{rc['lru_gen']['activated']} kept referenced, "
+                     f"{rc['direct_reclaims']} direct reclaims ({d['stands_for']})")
     lines.append("")
     lines += [f"not compared: {x}" for x in NOT_MODELLED]
     return "\n".join(lines)

@@ -47,8 +47,19 @@ def parse_size(text: str, default_unit: str = "") -> int:
     mt = _SIZE_RE.match(text)
     if not mt:
         raise ValueError(f"expected a size like 4096, 64K, 2M or 1G, got {text!r}")
-    unit = mt.group(2).lower() or default_unit
+    unit = mt.group(2).lower()
+    if not unit and not mt.group(3):  # a bare number; "4096B" is bytes
+        unit = default_unit
     return int(mt.group(1)) << _SHIFT[unit]
+
+
+def fmt_size(nbytes: int) -> str:
+    """A size the way ``parse_size`` reads it back: the largest exact unit (``32M``,
+    ``512K``, ``4096B``), so a header never rounds a size away."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if nbytes and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift}{unit}"
+    return f"{nbytes}B"
 
 
 def validate_design_mmu(design: str, mmu: str) -> None:

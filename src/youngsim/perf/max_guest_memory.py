@@ -11,8 +11,9 @@ guest), nothing is prefaulted, and:
 
 - the vCPUs run ``hw.vcpu.guest_access`` (an EPT violation -> ``kvm_faultin_pfn`` ->
   ``handle_mm_fault``, which takes a frame from the zone, waking kswapd below the low
-  watermark or sleeping while none is free, and reads the page back from swap if it was
-  evicted);
+  watermark and, at the min watermark, reclaiming a batch itself (direct reclaim, the
+  same ``shrink_node`` as kswapd's; ``--no-direct-reclaim`` turns it off), and reads the
+  page back from swap if it was evicted);
 - kswapd (``kernel/mm/reclaim.py``) ages with the design's callers (``walk_mm`` ->
   ``walk_pte_range``; ``folio_referenced`` with look-around during eviction), unmaps the
   pages it evicts (the mmu_notifier invalidation zaps the secondary MMU's entry) and
@@ -40,7 +41,7 @@ from ..kernel.system import PAGE_SIZE
 from ..sim import Machine, Op, fetch_add, fetch_or, store, vstore, wait_until
 from ..sim.costmodel import CostModel
 from ..sim.timed import TimedDriver, TimedResult
-from .harness import (Check, ConfigError, common_figures, fmt_s, invariant_checks,
+from .harness import (Check, ConfigError, common_figures, fmt_s, fmt_size, invariant_checks,
                       perf_cost_model, render_common, result_ok, run_checks, seconds,
                       stamp, stamps, validate_design_mmu, with_harness_labels)
 
@@ -69,6 +70,9 @@ class Config:
     host_bytes: int | None = None  # --host-mem (default: 3/4 of the guest)
     seed: int = 0
     profile_period_ns: int = 0
+    #: allocations at the min watermark reclaim by themselves (the kernel's behaviour;
+    #: off: only kswapd reclaims and such allocations sleep until it frees frames)
+    direct_reclaim: bool = True
 
     @property
     def total_pages(self) -> int:
@@ -121,7 +125,7 @@ class _Harness:
         self.sys = build_system(m, cfg.design, cfg.mmu, npages=cfg.total_pages,
                                 nvcpus=cfg.vcpus, prefault_primary=False,
                                 slot_pages=cfg.slot_pages)
-        enable_reclaim(self.sys, cfg.host_pages)
+        enable_reclaim(self.sys, cfg.host_pages, direct_reclaim=cfg.direct_reclaim)
         self.invariants = list(m.invariants)
         m.invariants.clear()
         m.watches.clear()
@@ -220,7 +224,8 @@ def _to_dict(res: MgmResult, h: _Harness) -> dict[str, Any]:
         "config": {"design": cfg.design, "mmu": cfg.mmu, "vcpus": cfg.vcpus,
                    "guest_bytes": cfg.guest_bytes, "slot_bytes": cfg.slot_pages * PAGE_SIZE,
                    "host_bytes": cfg.host_pages * PAGE_SIZE, "total_pages": cfg.total_pages,
-                   "host_pages": cfg.host_pages, "seed": cfg.seed},
+                   "host_pages": cfg.host_pages, "direct_reclaim": cfg.direct_reclaim,
+                   "seed": cfg.seed},
         "scale_note": (f"small scale: {cfg.total_pages} guest pages on {cfg.host_pages} host "
                        f"frames, simulated one operation at a time (cap {MAX_TOTAL_PAGES}); "
                        "figures come from the cost model, not from hardware"),
@@ -239,6 +244,7 @@ def _to_dict(res: MgmResult, h: _Harness) -> dict[str, Any]:
         "watermarks": {"min": mm.zone.wmark_min, "low": mm.zone.wmark_low,
                        "high": mm.zone.wmark_high},
         "free_at_end": mm.zone.nr_free_now(),
+        "direct_reclaims": r.counters.get("direct_reclaim", 0),
         "swap_writes": mm.swap.writes, "swap_reads": mm.swap.reads,
         "swap_slots_in_use_at_end": mm.swap.in_use,
         "lru_gen": dict(mm.lru.stats),
@@ -252,9 +258,11 @@ def render(res: MgmResult) -> str:
     """The tool's result line, then checks and a short summary."""
     cfg, r, d = res.config, res.timed, res.data
     out = [(f"{SCENARIO} (youngsim, timed model): design {cfg.design}, mmu {cfg.mmu}, "
-            f"-c {cfg.vcpus} -m {cfg.guest_bytes >> 20}M -s {cfg.slot_pages * PAGE_SIZE >> 20}M"
-            f", host memory {cfg.host_pages * PAGE_SIZE >> 20}M ({cfg.total_pages} guest "
-            f"pages, {cfg.host_pages} host frames)"),
+            f"-c {cfg.vcpus} -m {fmt_size(cfg.guest_bytes)} -s "
+            f"{fmt_size(cfg.slot_pages * PAGE_SIZE)}, host memory "
+            f"{fmt_size(cfg.host_pages * PAGE_SIZE)} ({cfg.total_pages} guest pages, "
+            f"{cfg.host_pages} host frames"
+            f"{'' if cfg.direct_reclaim else ', no direct reclaim'})"),
            (f"virtual times from {res.cost_model} at this small scale (cap "
             f"{MAX_TOTAL_PAGES} pages); not hardware measurements")]
     if len(res.steps) == len(STEPS):
@@ -266,7 +274,8 @@ def render(res: MgmResult) -> str:
     lg = rc["lru_gen"]
     out.append(f"reclaim: {lg['evicted']} pages evicted, {rc['swap_reads']} swapped back in, "
                f"{lg['activated']} kept as referenced, {lg['aging_passes']} aging passes "
-               f"({lg['promoted']} folios promoted by walks and look-around)")
+               f"({lg['promoted']} folios promoted by walks and look-around), "
+               f"{rc['direct_reclaims']} direct reclaims by faulting vCPUs")
     out.append("")
     out += render_common(d, res.checks, ("false_old", "false_young", "vcpu_faults",
                                          "walk_pages", "walk_young", "rmap_pages",

@@ -1,23 +1,25 @@
-"""``mm/page_alloc.c``: a host with a fixed number of page frames, its watermarks, and
-the wake-up of kswapd.
+"""``mm/page_alloc.c``: a host with a fixed number of page frames, its watermarks, the
+wake-up of kswapd, and direct reclaim.
 
 Only the counts matter to the aging question (which frame backs a page is an id handed
 out by ``MM.alloc_pfn``), so a zone is its free-page counter, updated under
 ``zone->lock`` as the buddy allocator does. Below the low watermark an allocation wakes
-kswapd (``wakeup_kswapd``); when no frame is free it waits until reclaim frees some
-(``reclaim_throttle``). Direct reclaim by the allocating task is not modelled: every
-frame is freed by kswapd, so an allocation that finds the zone empty sleeps instead of
-reclaiming itself (``docs/timed.md``, max_guest_memory_test, says what this leaves out).
+kswapd (``wakeup_kswapd``). With ``Zone.direct_reclaim`` set (``reclaim.enable_reclaim``
+sets it to ``try_to_free_pages``), an ordinary allocation never takes the zone below its
+min watermark: there it reclaims a batch itself (``__alloc_pages_direct_reclaim``) and
+retries, as ``__alloc_pages_slowpath`` does. Without it (unit tests of this file) the
+floor is zero. An allocation that cannot take a frame and whose reclaim made no
+progress sleeps until reclaim frees some (``reclaim_throttle``).
 
 The control words (``Zone.ctl``): ``NR_FREE`` (free frames), ``EMPTY`` (1 exactly when
-``NR_FREE`` is 0, kept under the lock so a throttled allocation can wait for it to
-clear), ``KSWAPD`` (bit ``KSWAPD_WAKE``: pgdat->kswapd_wait has a wake-up pending; bit
-``KSWAPD_STOP``: kthread_stop).
+``NR_FREE`` is at or below the allocation floor, kept under the lock so a throttled
+allocation can wait for it to clear), ``KSWAPD`` (bit ``KSWAPD_WAKE``:
+pgdat->kswapd_wait has a wake-up pending; bit ``KSWAPD_STOP``: kthread_stop).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from ...sim import (Op, SpinLock, fetch_or, load, spin_lock, spin_unlock, store,
                     wait_until)
@@ -64,6 +66,16 @@ class Zone:
         self.ctl[NR_FREE] = nr_pages
         self.lock = SpinLock("zone->lock")
         self.wmark_min, self.wmark_low, self.wmark_high = watermarks(nr_pages)
+        #: ``try_to_free_pages`` for an allocation at the min watermark (a generator
+        #: function of no arguments returning the frames reclaimed), or None: no direct
+        #: reclaim, and allocations may empty the zone
+        self.direct_reclaim: Callable[[], Gen] | None = None
+        self.direct_reclaims = 0
+
+    @property
+    def floor(self) -> int:
+        """Free frames an ordinary allocation leaves (``ALLOC_WMARK_MIN``)."""
+        return self.wmark_min if self.direct_reclaim is not None else 0
 
     def nr_free_now(self) -> int:
         """The free-frame count (a plain read, for checks and reports)."""
@@ -77,20 +89,27 @@ def wakeup_kswapd(zone: Zone) -> Gen:
 
 
 def alloc_page(zone: Zone) -> Gen:
-    """``alloc_pages(GFP_HIGHUSER_MOVABLE, 0)``: take a free frame; wake kswapd below the
-    low watermark; with none free, sleep until reclaim frees some, then retry."""
+    """``alloc_pages(GFP_HIGHUSER_MOVABLE, 0)``: take a free frame above the floor; wake
+    kswapd below the low watermark; at the floor, reclaim directly and retry; if that
+    made no progress, sleep until reclaim frees frames, then retry."""
+    floor = zone.floor
     while True:
         yield spin_lock(zone.lock, cost="zone_lock")
         free = yield load(zone.ctl, NR_FREE, cost="zone_counter_read")
-        if free:
+        ok = free > floor
+        if ok:
             yield store(zone.ctl, NR_FREE, free - 1, cost="zone_counter_write")
-            if free == 1:
+            if free - 1 == floor:
                 yield store(zone.ctl, EMPTY, 1, cost="zone_counter_write")
         yield spin_unlock(zone.lock, cost="zone_unlock")
-        if not free or free - 1 < zone.wmark_low:
+        if not ok or free - 1 < zone.wmark_low:
             yield from wakeup_kswapd(zone)
-        if free:
+        if ok:
             return
+        if zone.direct_reclaim is not None:
+            zone.direct_reclaims += 1
+            if (yield from zone.direct_reclaim()):
+                continue
         yield wait_until(zone.ctl, EMPTY, _ALL, 0, cost="alloc_throttle")
 
 
@@ -99,6 +118,6 @@ def free_pages(zone: Zone, n: int) -> Gen:
     yield spin_lock(zone.lock, cost="zone_lock")
     free = yield load(zone.ctl, NR_FREE, cost="zone_counter_read")
     yield store(zone.ctl, NR_FREE, free + n, cost="zone_counter_write")
-    if free == 0 and n:
+    if free <= zone.floor < free + n:
         yield store(zone.ctl, EMPTY, 0, cost="zone_counter_write")
     yield spin_unlock(zone.lock, cost="zone_unlock")

@@ -16,8 +16,14 @@ each change charged by a labelled ``nop``: only kswapd and the faulting threads 
 them, and the timed driver runs one step at a time, so they are consistent; the checker
 does not explore them (its scenarios have unlimited memory and no LRU).
 
-Left out, and why: direct reclaim (an allocation that finds no free frame sleeps until
-kswapd frees one, ``page_alloc.py``), the file LRU and the anon/file balance (a VM's
+Direct reclaim (``try_to_free_pages``) is the same ``shrink_node`` run by a faulting task
+whose allocation found the zone at its min watermark (``page_alloc.py``). Reclaimers
+run concurrently: isolation takes folios off the lists between two operations (the
+kernel's ``lru_lock``), so no two reclaim the same folio, and only one of them walks the
+mm for a new generation at a time (``iterate_mm_list`` hands the mm to one walker; the
+others skip aging and evict).
+
+Left out, and why: the file LRU and the anon/file balance (a VM's
 memory is one swap-backed shmem file), refault distance (``workingset_refault``: a
 swapped-in folio is never activated at once), tiers and the PID controller (one tier).
 """
@@ -56,7 +62,9 @@ class Lruvec:
         self.gens: dict[int, dict[int, None]] = {s: {} for s in range(self.max_seq + 1)}
         self.folio_seq: dict[int, int] = {}
         self.stats = {"aging_passes": 0, "isolated": 0, "activated": 0, "promoted": 0,
-                      "evicted": 0}
+                      "evicted": 0, "aging_skipped": 0}
+        #: a reclaimer is walking the mm for a new generation (``lru_gen_mm_state``)
+        self.walking = False
 
     def nr_gens(self) -> int:
         return self.max_seq - self.min_seq + 1
@@ -142,12 +150,34 @@ class Lruvec:
         return out
 
 
-def enable_reclaim(sys: "System", host_pages: int) -> None:
-    """Give the host ``host_pages`` frames, a swap device and MGLRU lists."""
+def enable_reclaim(sys: "System", host_pages: int, direct_reclaim: bool = True) -> None:
+    """Give the host ``host_pages`` frames, a swap device and MGLRU lists; with
+    ``direct_reclaim``, allocations at the min watermark reclaim by themselves."""
     mm = sys.mm
-    mm.zone = Zone(sys, host_pages)
+    zone = mm.zone = Zone(sys, host_pages)
     mm.swap = SwapDevice(sys)
     mm.lru = Lruvec()
+    if direct_reclaim:
+        zone.direct_reclaim = lambda: try_to_free_pages(sys, zone)
+
+
+#: ``DEF_PRIORITY``: direct reclaim scans at up to 13 priorities (12 down to 0)
+DEF_PRIORITY = 12
+
+
+def try_to_free_pages(sys: "System", zone: Zone) -> Gen:
+    """Direct reclaim (``__alloc_pages_direct_reclaim`` -> ``try_to_free_pages`` ->
+    ``do_try_to_free_pages``) in the allocating task: ``shrink_node`` at each priority
+    from ``DEF_PRIORITY`` down to 0 until a batch (``SWAP_CLUSTER_MAX``) is reclaimed;
+    returns the frames reclaimed (0: no progress, the caller throttles)."""
+    yield nop(cost="direct_reclaim_enter")
+    sys.count("direct_reclaim")
+    reclaimed = 0
+    for _priority in range(DEF_PRIORITY, -1, -1):
+        reclaimed += yield from shrink_node(sys, zone)
+        if reclaimed >= SWAP_CLUSTER_MAX or not sys.mm.lru.nr_folios():
+            break
+    return reclaimed
 
 
 # -- kswapd ---------------------------------------------------------------------------
@@ -184,14 +214,23 @@ def shrink_node(sys: "System", zone: Zone) -> Gen:
     lru: Lruvec = sys.mm.lru
     if lru.should_run_aging():
         yield from try_to_inc_max_seq(sys)
-    yield from evict_folios(sys, zone, SWAP_CLUSTER_MAX)
+    return (yield from evict_folios(sys, zone, SWAP_CLUSTER_MAX))
 
 
 def try_to_inc_max_seq(sys: "System") -> Gen:
-    """A new generation, then the page-table walk that promotes young folios into it."""
+    """A new generation, then the page-table walk that promotes young folios into it;
+    nothing if another reclaimer is walking already."""
+    lru: Lruvec = sys.mm.lru
+    if lru.walking:
+        lru.stats["aging_skipped"] += 1
+        return
+    lru.walking = True
     yield nop(cost="lru_gen_inc_seq")
-    sys.mm.lru.inc_max_seq()
-    yield from walk_mm(sys, sys.mm)
+    lru.inc_max_seq()
+    try:
+        yield from walk_mm(sys, sys.mm)
+    finally:
+        lru.walking = False
 
 
 def walk_mm(sys: "System", mm: "MM") -> Gen:

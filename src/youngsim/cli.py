@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual ns of on-CPU time per stack sample (default 100)")
     t.add_argument("--keep-tlb", action="store_true",
                    help="do not empty each vCPU's TLB between steps (the selftest's"
-                        " nested-VM case: an effectively unlimited TLB)")
+                        " nested-VM case: the TLB keeps what fits in its 1536 entries)")
 
     c2 = sub.add_parser("compare", help="designs side by side on the timed driver: a table "
                                          "and a report folder")

@@ -43,12 +43,12 @@ How it is built
   of their own (``perf_*``) costing 0 ns in CPU-time category ``harness``, added to the
   cost model when it lacks them: they do not perturb the phases, and the time vCPUs
   spend waiting for the next kick is reported as ``harness``, never as kernel ``spin``.
-- TLB reach: the model's TLB caches every page a vCPU touched (an unlimited TLB). The
-  real test's working set (1 GiB per vCPU by default, 262144 pages) is far beyond a
-  real TLB's reach (~1.5-2k entries), so there nearly every access after an aging pass
-  misses the TLB and sets the accessed bit again. To keep that property at small scale,
-  each vCPU empties its own TLB (a zero-cost harness ``vstore`` on its own
-  ``vcpu.tlb``) before each step after the first. ``keep_tlb=True`` (``--keep-tlb``)
+- TLB reach: the model's TLB holds ``TLB_ENTRIES`` (1536) translations per vCPU
+  (``hw/vcpu.py``), so a share larger than that misses on every sweep, as the real
+  test's 1 GiB per vCPU (262144 pages) does: nearly every access after an aging pass
+  misses the TLB and sets the accessed bit again. To keep that property for the small
+  shares youngsim runs, which would fit, each vCPU empties its own TLB (a zero-cost
+  harness ``vstore`` on its own ``vcpu.tlb``) before each step after the first. ``keep_tlb=True`` (``--keep-tlb``)
   turns this off: that is the selftest's nested-VM case ("the TLB size is effectively
   unlimited"), where the selftest only warns when pages are not seen young again, and so
   does this scenario.
@@ -225,7 +225,7 @@ class _Harness:
                 continue
             yield wait_until(ctl, 0, _ALL, k + 1, cost="perf_wait_kick")
             if k > 0 and not self.cfg.keep_tlb:
-                yield vstore(vcpu.tlb, lo, np.zeros(ppv, dtype=np.uint64),
+                yield vstore(vcpu.tlb, 0, np.zeros(len(vcpu.tlb), dtype=np.uint64),
                              cost="perf_tlb_reach")
             write = kind == "write"
             for g in range(lo, hi):

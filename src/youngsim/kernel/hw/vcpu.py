@@ -2,7 +2,13 @@
 
 A TLB hit sets nothing. A miss walks the secondary tables (the arch's ``hw_walk``),
 which sets the accessed (and, on a write, dirty) bit atomically, then caches the
-translation. An EPT/stage-2 violation exits to KVM's fault handler and the access is
+translation. The TLB is bounded, as real ones are: ``TLB_ENTRIES`` direct-mapped slots
+(gfn ``g`` in slot ``g % entries``, tagged with ``g``), so a vCPU sweeping more pages
+than that misses again on its next sweep and sets the accessed bit again, while a
+working set that fits stays cached (the "false old" of a non-flushing ager). Direct
+mapping is exact for the scenarios' sequential sweeps (no conflict misses within a
+sweep that fits) and simpler than the hardware's set associativity. A guest with
+fewer pages than entries gets one slot per page. An EPT/stage-2 violation exits to KVM's fault handler and the access is
 retried. Aging never flushes the TLB unless the design says so, so a page whose SPTE was
 cleared while cached can be used without setting A again: the accepted "false old".
 
@@ -29,25 +35,48 @@ Gen = Generator[Op, Any, Any]
 
 TLB_VALID = 1 << 0
 TLB_WRITE = 1 << 1  # the cached translation already has D set: writes need no walk
+TLB_TAG_SHIFT = 2  # a slot holds (gfn << TLB_TAG_SHIFT) | flags
+
+#: translations a vCPU's TLB holds: Intel's second-level TLB has 1536 entries for 4 KiB
+#: pages from Skylake on (Intel 64 and IA-32 Architectures Optimization Reference
+#: Manual, Skylake microarchitecture, "STLB: 1536 entries, 12 ways"); Ice Lake has 2048,
+#: Arm Neoverse N1's L2 TLB 1280: the order of magnitude is what matters here
+TLB_ENTRIES = 1536
+
+
+def tlb_entry(gfn: int, write: bool) -> int:
+    return (gfn << TLB_TAG_SHIFT) | TLB_VALID | (TLB_WRITE if write else 0)
+
+
+def tlb_hit(entry: int, gfn: int, write: bool) -> bool:
+    """Does a slot's entry translate ``gfn`` (for a write: with D already set)?"""
+    return bool(entry & TLB_VALID) and entry >> TLB_TAG_SHIFT == gfn and (
+        not write or bool(entry & TLB_WRITE))
 
 
 class Vcpu:
-    def __init__(self, sys: "System", kvm: "Kvm", idx: int, npages: int) -> None:
+    def __init__(self, sys: "System", kvm: "Kvm", idx: int, npages: int,
+                 tlb_entries: int = TLB_ENTRIES) -> None:
         self.sys = sys
         self.kvm = kvm
         self.idx = idx
-        self.tlb = sys.m.new_words(f"vcpu{idx}.tlb", max(npages, 1))
+        self.tlb = sys.m.new_words(f"vcpu{idx}.tlb", max(1, min(npages, tlb_entries)))
         self.insn = sys.m.new_words(f"vcpu{idx}.insn", 1)
         self.req = sys.m.new_words(f"vcpu{idx}.req", 1)
         kvm.vcpus.append(self)
+
+    def tlb_slot(self, gfn: int) -> int:
+        """The TLB slot that may cache ``gfn`` (direct-mapped)."""
+        return gfn % len(self.tlb)
 
 
 def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
     """One guest load or store to page ``gfn``."""
     arch = vcpu.kvm.arch
     yield from vcpu_enter(vcpu, "guest_insn")
-    t = yield load(vcpu.tlb, gfn, cost="tlb_lookup")
-    if t & TLB_VALID and (not write or t & TLB_WRITE):
+    slot = vcpu.tlb_slot(gfn)
+    t = yield load(vcpu.tlb, slot, cost="tlb_lookup")
+    if tlb_hit(t, gfn, write):
         sys.count("tlb_hits")
     else:
         fault_at = -1
@@ -60,7 +89,7 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
             yield from vcpu_enter(vcpu, "vm_entry")
         if fault_at >= 0:  # virtual time from the fault to the translation that worked
             sys.sample("fault_latency_ns", sys.m.now - fault_at)
-        yield store(vcpu.tlb, gfn, TLB_VALID | (TLB_WRITE if write else 0), cost="tlb_fill")
+        yield store(vcpu.tlb, slot, tlb_entry(gfn, write), cost="tlb_fill")
     sys.ghost.accessed[gfn] = True
     yield store(vcpu.insn, 0, 0, cost="guest_insn_end")
 

@@ -460,8 +460,7 @@ def test_direct_reclaim_alone_keeps_a_faulting_vcpu_going_above_the_min_watermar
     sys, r = direct_reclaim_run("yu-v2", "x86-tdp", npages, host, with_kswapd=False)
     assert r.stopped == "done" and r.violation is None  # the floor invariant held
     zone, lru = sys.mm.zone, sys.mm.lru
-    assert zone.floor == zone.wmark_min > 0 and zone.direct_reclaims > 0
-    assert r.counters["direct_reclaim"] <= zone.direct_reclaims
+    assert zone.floor == zone.wmark_min > 0 and r.counters["direct_reclaim"] > 0
     assert lru.stats["evicted"] == r.counters["pages_reclaimed"] > 0
     assert lru.stats["aging_passes"] > 0 and r.counters["swap_ins"] > 0
     # the reclaim ran in the vCPU's fault path, below the allocation

@@ -48,8 +48,8 @@ How it is built
   test's 1 GiB per vCPU (262144 pages) does: nearly every access after an aging pass
   misses the TLB and sets the accessed bit again. To keep that property for the small
   shares youngsim runs, which would fit, each vCPU empties its own TLB (a zero-cost
-  harness ``vstore`` on its own ``vcpu.tlb``) before each step after the first. ``keep_tlb=True`` (``--keep-tlb``)
-  turns this off: that is the selftest's nested-VM case ("the TLB size is effectively
+  harness ``vstore`` on its own ``vcpu.tlb``) before each step after the first.
+  ``keep_tlb=True`` (``--keep-tlb``) turns this off: that is the selftest's nested-VM case ("the TLB size is effectively
   unlimited"), where the selftest only warns when pages are not seen young again, and so
   does this scenario.
 - The checker's per-step SPTE invariants (``check/model.py``) cost O(pages) after every

@@ -2,15 +2,16 @@
 
 A TLB hit sets nothing. A miss walks the secondary tables (the arch's ``hw_walk``),
 which sets the accessed (and, on a write, dirty) bit atomically, then caches the
-translation. The TLB is bounded, as real ones are: ``TLB_ENTRIES`` direct-mapped slots
-(gfn ``g`` in slot ``g % entries``, tagged with ``g``), so a vCPU sweeping more pages
-than that misses again on its next sweep and sets the accessed bit again, while a
-working set that fits stays cached (the "false old" of a non-flushing ager). Direct
-mapping is exact for the scenarios' sequential sweeps (no conflict misses within a
-sweep that fits) and simpler than the hardware's set associativity. A guest with
-fewer pages than entries gets one slot per page. An EPT/stage-2 violation exits to KVM's fault handler and the access is
+translation. An EPT/stage-2 violation exits to KVM's fault handler and the access is
 retried. Aging never flushes the TLB unless the design says so, so a page whose SPTE was
 cleared while cached can be used without setting A again: the accepted "false old".
+
+The TLB is bounded, as real ones are: ``TLB_ENTRIES`` direct-mapped slots (gfn ``g`` in
+slot ``g % entries``, tagged with ``g``), so a vCPU sweeping more pages than that misses
+again on its next sweep and sets the accessed bit again, while a working set that fits
+stays cached. Direct mapping is exact for the scenarios' sequential sweeps (no conflict
+misses within a sweep that fits) and simpler than the hardware's set associativity. A
+guest with fewer pages than entries gets one slot per page.
 
 ``insn`` is 1 while the vCPU is inside an instruction; ``req`` counts pending TLB-flush
 requests (``KVM_REQ_TLB_FLUSH``). A remote flush raises the request, waits until the vCPU

@@ -70,7 +70,6 @@ class Zone:
         #: function of no arguments returning the frames reclaimed), or None: no direct
         #: reclaim, and allocations may empty the zone
         self.direct_reclaim: Callable[[], Gen] | None = None
-        self.direct_reclaims = 0
 
     @property
     def floor(self) -> int:
@@ -107,7 +106,6 @@ def alloc_page(zone: Zone) -> Gen:
         if ok:
             return
         if zone.direct_reclaim is not None:
-            zone.direct_reclaims += 1
             if (yield from zone.direct_reclaim()):
                 continue
         yield wait_until(zone.ctl, EMPTY, _ALL, 0, cost="alloc_throttle")

@@ -188,6 +188,11 @@ class Stage2Pgtable(TwoLevelTables):
     def entry_addr(self, entry: int) -> int:
         return kvm_pte_to_pfn(entry) << PAGE_SHIFT
 
+    def link_entry(self, addr: int) -> int:
+        return kvm_init_table_pte(addr)
+
+    table_prefix = "s2pt"
+
     # -- ghost bookkeeping ----------------------------------------------------------
     def _ghost_install(self, gfn: int, pte: int) -> None:
         self.ghost_install(gfn, kvm_pte_to_pfn(pte), dirty=bool(pte & S2AP_W))
@@ -198,13 +203,8 @@ class Stage2Pgtable(TwoLevelTables):
     # -- set-up and invariants (plain accesses between steps) ------------------------
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         ri, li = self.split(gfn)
-        e = self.root[ri]
-        if not kvm_pte_valid(e):
-            t = self.sys.m.new_words(f"s2pt{ri}", self.leaf_entries, tag="spt")
-            e = kvm_init_table_pte(t.addr)
-            self.root[ri] = e
         pte = kvm_init_valid_leaf_pte(pfn, write, hw_dirty=self.hw_af, young=young)
-        self.child(e)[li] = pte
+        self.setup_leaf_table(ri)[li] = pte
         self._ghost_install(gfn, pte)
 
     # -- the generic walker ----------------------------------------------------------

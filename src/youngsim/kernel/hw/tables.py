@@ -43,6 +43,13 @@ class TwoLevelTables:
         """The address of the table a root entry links."""
         raise NotImplementedError
 
+    def link_entry(self, addr: int) -> int:
+        """A root entry linking the leaf table at ``addr``."""
+        raise NotImplementedError
+
+    #: name prefix of a leaf table (``sp3``: the shadow page of root index 3)
+    table_prefix = "sp"
+
     # -- geometry --------------------------------------------------------------------
     def split(self, gfn: int) -> tuple[int, int]:
         return gfn // self.leaf_entries, gfn % self.leaf_entries
@@ -65,7 +72,18 @@ class TwoLevelTables:
         """The leaf table a root entry links (pointer arithmetic, not an access)."""
         return self.sys.m.deref(self.entry_addr(entry))
 
-    # -- plain reads for invariants and set-up (between steps) -----------------------
+    # -- plain reads and writes for invariants and set-up (between steps) -----------
+    def setup_leaf_table(self, ri: int) -> Any:
+        """Scenario set-up (not a model operation): the leaf table of root index ``ri``,
+        created and linked as a past fault would have if there is none."""
+        e = self.root[ri]
+        if not self.entry_present(e):
+            t = self.sys.m.new_words(f"{self.table_prefix}{ri}", self.leaf_entries,
+                                     tag="spt")
+            e = self.link_entry(t.addr)
+            self.root[ri] = e
+        return self.child(e)
+
     def leaf_entries_now(self) -> np.ndarray:
         """Every gfn's current leaf entry, 0 where no linked, live table maps it."""
         out = np.zeros(self.npages, dtype=np.uint64)

@@ -109,6 +109,9 @@ class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
     def entry_addr(self, entry: int) -> int:
         return S.spte_to_pfn(entry) << S.PAGE_SHIFT
 
+    def link_entry(self, addr: int) -> int:
+        return S.make_nonleaf_spte(addr, self.ad)
+
     @staticmethod
     def sptep(sp: Any, li: int) -> int:
         """The address of SPTE ``li`` of shadow page ``sp``: what an rmap head stores."""
@@ -184,12 +187,7 @@ class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did,
         SPTE and rmap entry."""
         ri, li = self.split(gfn)
-        e = self.root[ri]
-        if not S.is_shadow_present_pte(e):
-            sp = self.sys.m.new_words(f"sp{ri}", self.leaf_entries, tag="spt")
-            e = S.make_nonleaf_spte(sp.addr, self.ad)
-            self.root[ri] = e
-        sp = self.child(e)
+        sp = self.setup_leaf_table(ri)
         spte = S.make_spte(pfn, writable=True, ad_enabled=self.ad, prefetch=not young)
         if write:
             spte |= S.shadow_dirty_mask

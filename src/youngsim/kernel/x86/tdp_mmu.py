@@ -58,18 +58,17 @@ class TdpMmu(TwoLevelTables):
     def entry_addr(self, entry: int) -> int:
         return S.spte_to_pfn(entry) << S.PAGE_SHIFT
 
+    def link_entry(self, addr: int) -> int:
+        return S.make_nonleaf_spte(addr, self.ad)
+
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""
         ri, li = self.split(gfn)
-        e = self.root[ri]
-        if not S.is_shadow_present_pte(e):
-            sp = self.sys.m.new_words(f"sp{ri}", self.leaf_entries, tag="spt")
-            e = S.make_nonleaf_spte(sp.addr, self.ad)
-            self.root[ri] = e
+        sp = self.setup_leaf_table(ri)
         spte = S.make_spte(pfn, writable=True, ad_enabled=self.ad, prefetch=not young)
         if write and self.ad:
             spte |= S.shadow_dirty_mask
-        self.child(e)[li] = spte
+        sp[li] = spte
         self.ghost_install(gfn, pfn, dirty=write and self.ad)
 
     # -- vCPU fault path (kvm_tdp_mmu_map) -------------------------------------------

@@ -88,21 +88,29 @@ def test_lock_held_for_h_delays_the_waiter_by_at_least_h():
     assert lock.hold["other:excl"].max >= H
 
 
-def test_handoff_cost_is_added_to_the_waiters_ready_time():
+def _holder_and_waiter(lock_kind: type) -> Machine:
+    """A holder takes lock "L" for ``hold``; a waiter asks for it after ``delay``."""
     m = Machine()
-    lk = SpinLock("lk")
+    lk = lock_kind("L")
+    acq = mutex_lock if lock_kind is Mutex else spin_lock
+    rel = mutex_unlock if lock_kind is Mutex else spin_unlock
 
     def holder():
-        yield spin_lock(lk)
+        yield acq(lk)
         yield nop(cost="hold")
-        yield spin_unlock(lk)
+        yield rel(lk)
 
     def waiter():
         yield nop(cost="delay")
-        yield spin_lock(lk)
-        yield spin_unlock(lk)
+        yield acq(lk)
+        yield rel(lk)
     m.spawn(holder, name="holder")
     m.spawn(waiter, name="waiter")
+    return m
+
+
+def test_handoff_cost_is_added_to_the_waiters_ready_time():
+    m = _holder_and_waiter(SpinLock)
     cm = model(hold=1000, delay=10).with_tables(
         {"wakeup": {"spin_handoff": {"ns": 77, "rationale": "test"}}})
     r = run_timed(m, cm)
@@ -146,30 +154,12 @@ def test_queued_rwlock_fairness_a_waiting_writer_delays_a_later_reader():
 
 
 def test_spinning_waiters_burn_cpu_as_spin_and_mutex_waiters_sleep():
-    def prog(lock_kind):
-        m = Machine()
-        lk = lock_kind("L")
-        acq = mutex_lock if lock_kind is Mutex else spin_lock
-        rel = mutex_unlock if lock_kind is Mutex else spin_unlock
-
-        def holder():
-            yield acq(lk)
-            yield nop(cost="hold")
-            yield rel(lk)
-
-        def waiter():
-            yield nop(cost="delay")
-            yield acq(lk)
-            yield rel(lk)
-        m.spawn(holder, name="holder")
-        m.spawn(waiter, name="waiter")
-        return m
     cm = model(hold=1000, delay=100)
-    r = run_timed(prog(SpinLock), cm)
+    r = run_timed(_holder_and_waiter(SpinLock), cm)
     w = thread_named(r, "waiter")
     assert w.categories.get("spin") == 900
     assert r.lock_spin_ns["L"] == 900 and r.locks["L"].sleep_ns == 0
-    r = run_timed(prog(Mutex), cm)
+    r = run_timed(_holder_and_waiter(Mutex), cm)
     w = thread_named(r, "waiter")
     assert w.categories.get("sleep") == 900 and "spin" not in w.categories
     assert r.locks["L"].sleep_ns == 900 and r.locks["L"].spin_ns == 0

@@ -10,24 +10,20 @@ lockless clear (tolerated, counted). arm64 still ages under the write lock.
 
 from typing import TYPE_CHECKING
 
-from .base import Design
+from .upstream_6_12 import Upstream612
 
 if TYPE_CHECKING:
     from ..kernel.kvm.kvm_main import Kvm
 
 
-class Upstream(Design):
+class Upstream(Upstream612):
+    """6.12-6.14's callers and flush rule; lockless aging on x86."""
+
     name = "upstream"
     summary = "6.15: clear_young per page, lockless on x86"
     kernel = "Linux 6.15"
-    mglru = "per-page"
-    rmap_flush = False
-    flush_if_young = False
     accessed_volatile = False
     lockless_access_tracking = True
-
-    def kvm_flush_if_young(self, kvm: "Kvm") -> bool:
-        return not kvm.arch.name.startswith("x86")  # 6.13: x86 never flushes when aging
 
     def kvm_lockless(self, kvm: "Kvm") -> bool:
         return kvm.arch.name.startswith("x86")

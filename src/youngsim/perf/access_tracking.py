@@ -49,9 +49,9 @@ How it is built
   misses the TLB and sets the accessed bit again. To keep that property for the small
   shares youngsim runs, which would fit, each vCPU empties its own TLB (a zero-cost
   harness ``vstore`` on its own ``vcpu.tlb``) before each step after the first.
-  ``keep_tlb=True`` (``--keep-tlb``) turns this off: that is the selftest's nested-VM case ("the TLB size is effectively
-  unlimited"), where the selftest only warns when pages are not seen young again, and so
-  does this scenario.
+  ``keep_tlb=True`` (``--keep-tlb``) turns this off: that is the selftest's nested-VM
+  case ("the TLB size is effectively unlimited"), where the selftest only warns when
+  pages are not seen young again, and so does this scenario.
 - The checker's per-step SPTE invariants (``check/model.py``) cost O(pages) after every
   page-table write; at this scale they are evaluated at every phase boundary instead
   (a violation there is a failed check). Violations the machine detects itself
@@ -84,10 +84,10 @@ from ..kernel.system import PAGE_SIZE, System
 from ..kernel.x86 import spte as S
 from ..sim import Machine, Op, fetch_add, load, store, vstore, wait_until
 from ..sim.costmodel import CostModel
-from ..sim.timed import TimedDriver, TimedResult
-from .harness import (Check, ConfigError, common_figures, fmt_s, invariant_checks,
-                      perf_cost_model, render_common, result_ok, run_checks, seconds,
-                      stamp, stamps, validate_design_mmu, with_harness_labels)
+from ..sim.timed import TimedResult
+from .harness import (Check, ConfigError, ScenarioResult, common_figures, drive, fmt_s,
+                      invariant_checks, prepare_run, render_common, run_checks, seconds,
+                      spawn_vcpus, stamp, stamps, validate_design_mmu)
 
 Gen = Generator[Op, Any, Any]
 
@@ -269,7 +269,7 @@ class _Harness:
 
 
 @dataclass
-class PerfResult:
+class PerfResult(ScenarioResult):
     config: Config
     cost_model: str
     phases: list[dict[str, Any]]
@@ -280,32 +280,19 @@ class PerfResult:
     #: measured values the model recorded (``System.sample``): fault latencies, ...
     samples: dict[str, list[int]] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return result_ok(self.timed, self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
     def render(self) -> str:
         return render(self)
 
 
 def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> PerfResult:
     """Build and run the scenario; ``cost_model`` defaults to ``perf_cost_model()``."""
-    cfg.validate()
-    cm = with_harness_labels(cost_model if cost_model is not None else perf_cost_model())
-    m = Machine()
-    m.seed = cfg.seed
+    cm, m = prepare_run(cfg, cost_model)
     h = _Harness(m, cfg)
-    roles: dict[int, str] = {}
-    for i in range(cfg.vcpus):
-        roles[m.spawn(h.vcpu, i, name=f"vcpu{i}")] = "vcpu"
+    roles = spawn_vcpus(m, h.vcpu, cfg.vcpus)
     roles[m.spawn(h.main, name="main")] = "aging"
     if cfg.benchmark:
         roles[m.spawn(h.ager, name="lru_gen")] = "aging"
-    r = TimedDriver(m, cm, roles=roles,
-                    sample_period_ns=cfg.profile_period_ns or None).run()
+    r = drive(m, cm, roles, cfg)
 
     at = stamps(r)
     phases: list[dict[str, Any]] = []

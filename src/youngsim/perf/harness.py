@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Generator
+from typing import Any, Callable, Generator, Protocol
 
 import numpy as np
 
 from ..designs import DESIGNS, MMU_VARIANTS
 from ..sim import Machine, Op, spawn
 from ..sim.costmodel import CostModel, load_cost_model
-from ..sim.timed import Dist, TimedResult
+from ..sim.timed import Dist, TimedDriver, TimedResult
 
 Gen = Generator[Op, Any, Any]
 
@@ -82,6 +82,58 @@ def with_harness_labels(cm: CostModel) -> CostModel:
 def perf_cost_model(path: str | None = None) -> CostModel:
     """The cost model (packaged default or ``path``) plus the harness labels it lacks."""
     return with_harness_labels(load_cost_model(path))
+
+
+class ScenarioConfig(Protocol):
+    """What the helpers below read of a scenario's (frozen) config."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def profile_period_ns(self) -> int: ...
+
+    def validate(self) -> None: ...
+
+
+def prepare_run(cfg: ScenarioConfig, cost_model: CostModel | None
+                ) -> tuple[CostModel, Machine]:
+    """Validate ``cfg``; the cost model (``perf_cost_model()`` by default) with the
+    harness labels; a fresh machine with the run's seed."""
+    cfg.validate()
+    cm = with_harness_labels(cost_model if cost_model is not None else perf_cost_model())
+    m = Machine()
+    m.seed = cfg.seed
+    return cm, m
+
+
+def spawn_vcpus(m: Machine, vcpu: Callable[[int], Gen], n: int) -> dict[int, str]:
+    """Threads ``vcpu0..`` running ``vcpu(i)``; returns their roles for the driver."""
+    return {m.spawn(vcpu, i, name=f"vcpu{i}"): "vcpu" for i in range(n)}
+
+
+def drive(m: Machine, cm: CostModel, roles: dict[int, str], cfg: ScenarioConfig
+          ) -> TimedResult:
+    """Run the scenario's threads to the end on the timed driver (stack-sampled when
+    the config asks for a profile)."""
+    return TimedDriver(m, cm, roles=roles,
+                       sample_period_ns=cfg.profile_period_ns or None).run()
+
+
+class ScenarioResult:
+    """What every scenario's result has: the timed run, its checks, and the JSON object
+    (``data``); a run is ok when the machine found no violation and no check failed."""
+
+    timed: TimedResult
+    checks: list[Check]
+    data: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return result_ok(self.timed, self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
 
 
 def _probe() -> Gen:

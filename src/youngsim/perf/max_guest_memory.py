@@ -40,10 +40,10 @@ from ..kernel.mm.reclaim import enable_reclaim, kswapd
 from ..kernel.system import PAGE_SIZE
 from ..sim import Machine, Op, fetch_add, fetch_or, store, vstore, wait_until
 from ..sim.costmodel import CostModel
-from ..sim.timed import TimedDriver, TimedResult
-from .harness import (Check, ConfigError, common_figures, fmt_s, fmt_size, invariant_checks,
-                      perf_cost_model, render_common, result_ok, run_checks, seconds,
-                      stamp, stamps, validate_design_mmu, with_harness_labels)
+from ..sim.timed import TimedResult
+from .harness import (Check, ConfigError, ScenarioResult, common_figures, drive, fmt_s, fmt_size,
+                      invariant_checks, prepare_run, render_common, run_checks, seconds,
+                      spawn_vcpus, stamp, stamps, validate_design_mmu)
 
 Gen = Generator[Op, Any, Any]
 
@@ -167,7 +167,7 @@ class _Harness:
 
 
 @dataclass
-class MgmResult:
+class MgmResult(ScenarioResult):
     config: Config
     cost_model: str
     steps: dict[str, int]
@@ -176,31 +176,18 @@ class MgmResult:
     data: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[int]] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return result_ok(self.timed, self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
     def render(self) -> str:
         return render(self)
 
 
 def run_max_guest_memory(cfg: Config, cost_model: CostModel | None = None) -> MgmResult:
     """Build and run the scenario; ``cost_model`` defaults to ``perf_cost_model()``."""
-    cfg.validate()
-    cm = with_harness_labels(cost_model if cost_model is not None else perf_cost_model())
-    m = Machine()
-    m.seed = cfg.seed
+    cm, m = prepare_run(cfg, cost_model)
     h = _Harness(m, cfg)
-    roles: dict[int, str] = {}
-    for i in range(cfg.vcpus):
-        roles[m.spawn(h.vcpu, i, name=f"vcpu{i}")] = "vcpu"
+    roles = spawn_vcpus(m, h.vcpu, cfg.vcpus)
     roles[m.spawn(h.main, name="main")] = "harness"
     roles[m.spawn(kswapd, h.sys, name="kswapd0")] = "kswapd"
-    r = TimedDriver(m, cm, roles=roles,
-                    sample_period_ns=cfg.profile_period_ns or None).run()
+    r = drive(m, cm, roles, cfg)
     at = stamps(r)
     steps: dict[str, int] = {}
     for k, step in enumerate(STEPS):

@@ -157,9 +157,11 @@ class Machine:
     # -- shared objects --------------------------------------------------------------
     ADDR_BASE = 0x1000
 
-    def new_words(self, name: str, n: int, init: int = 0, tag: str | None = None) -> Words:
-        """Create and register a shared array; its ``addr`` can be stored in a word."""
-        w = Words(name, n, init, tag)
+    def new_words(self, name: str, n: int, init: int = 0, tag: str | None = None,
+                  data: np.ndarray | None = None) -> Words:
+        """Create and register a shared array; its ``addr`` can be stored in a word.
+        ``data``: back it with this existing ``uint64`` view (of an arena) instead."""
+        w = Words(name, n, init, tag, data)
         w.addr = self.ADDR_BASE * (len(self.objects) + 1)
         self.objects[w.addr] = w
         return w

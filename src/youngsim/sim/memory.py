@@ -4,6 +4,10 @@ A page table is one ``Words`` of 512 entries; a counter is a ``Words`` of one. T
 lives in a numpy ``uint64`` array so the timed driver can age a whole leaf table with one
 vectorised operation, while the checker touches one entry per step.
 
+A ``Words`` may be a view into a larger array (an *arena*) that is itself a ``Words``:
+scenario set-up lays leaf tables out back to back so that the timed driver can age a run
+of consecutive tables with one vector operation on the arena (``hw/tables.py``).
+
 Model code reads and writes ``Words`` only through yielded operations (``sim.ops``).
 Invariants and scenario set-up may read ``data`` directly: they run between steps, when
 no operation is in flight.
@@ -26,11 +30,17 @@ class Words:
 
     __slots__ = ("name", "data", "freed", "oid", "freed_by", "addr", "tag", "__weakref__")
 
-    def __init__(self, name: str, n: int, init: int = 0, tag: str | None = None) -> None:
+    def __init__(self, name: str, n: int, init: int = 0, tag: str | None = None,
+                 data: np.ndarray | None = None) -> None:
         if n < 1:
             raise ValueError(f"Words {name!r}: size must be >= 1, got {n}")
         self.name = name
-        self.data = np.full(n, init, dtype=np.uint64)
+        if data is None:
+            self.data = np.full(n, init, dtype=np.uint64)
+        else:  # a view into an arena (see ``Machine.new_words``)
+            if data.dtype != np.uint64 or data.shape != (n,):
+                raise ValueError(f"Words {name!r}: backing must be {n} uint64 words")
+            self.data = data
         self.freed = False
         self.freed_by: int | None = None
         self.oid: int | None = None

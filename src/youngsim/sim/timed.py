@@ -89,8 +89,37 @@ from .program import Program
 from .sync import READ
 
 _M32 = (1 << 32) - 1
+_UNSEEN: Any = object()
 _BLOCKING = frozenset({O.GRANT, O.GP_WAIT, O.WAIT})
 _VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR})
+#: objects of at least this many words keep their cache-line stamps in numpy arrays
+#: (``_LineTable``) instead of the driver's dict: a vector operation over a large table
+#: then updates its lines with a few array operations, not one dict entry per line
+_BIG_WORDS = 4096
+
+
+class _LineTable:
+    """Per cache line of one large object: the last writer's time and tid + 1 (0: never
+    written). The same rule as the dict of small objects' lines, held in arrays."""
+
+    __slots__ = ("time", "tid1")
+
+    def __init__(self, nlines: int) -> None:
+        self.time = np.zeros(nlines, dtype=np.int64)  # lazily backed by the OS
+        self.tid1 = np.zeros(nlines, dtype=np.int32)
+
+    def touch(self, ls: Any, tid: int, now: int, window: int, atomic: bool) -> int:
+        """Record a write by ``tid`` at ``now`` to lines ``ls`` (a slice or an index
+        array); return how many an atomic found written by another CPU within
+        ``window`` (0 for a plain write)."""
+        nc = 0
+        if atomic:
+            prev = self.tid1[ls]
+            nc = int(np.count_nonzero((prev != 0) & (prev != tid + 1)
+                                      & (now - self.time[ls] < window)))
+        self.time[ls] = now
+        self.tid1[ls] = tid + 1
+        return nc
 _NKINDS = max(O.KIND_NAMES) + 1
 _WAIT = O.WAIT
 #: per kind: may it block (a list index is cheaper than a set lookup in the hot loop)
@@ -489,6 +518,9 @@ class TimedDriver:
         self._heap: list[tuple[int, int, int]] = []
         self._seq = 0
         self._lines: dict[int, int] = {}  # (oid << 32 | line) -> (time << 32 | tid)
+        #: oid -> its ``_LineTable`` if the object is large, None if its lines are in
+        #: ``_lines``
+        self._big: dict[int, _LineTable | None] = {}
         self._locks: dict[int, _LockStats] = {}
         self._cas_att: dict[str, int] = {}
         self._cas_fail: dict[str, int] = {}
@@ -738,6 +770,7 @@ class TimedDriver:
         labels = self._labels
         kinds = self._kinds
         lines = self._lines
+        bigs = self._big
         locks = self._locks
         window = self._window
         surcharge = self._surcharge
@@ -813,16 +846,25 @@ class TimedDriver:
                     ls.lw_time = now
                 elif kc:
                     if kc <= KC_CAS:  # scalar writes: cache-line bookkeeping
-                        key = (obj.oid << 32) | (op.lo >> lshift)
-                        if k != STORE:  # an atomic read-modify-write
-                            prev = lines.get(key)
-                            if (prev is not None and (prev & 0xFFFFFFFF) != tid
-                                    and now - (prev >> 32) < window):
-                                c += surcharge
-                                contended += 1
-                            if k == CAS:
-                                self._cas(op, lab)
-                        lines[key] = (now << 32) | tid
+                        big = bigs.get(obj.oid, _UNSEEN)
+                        if big is _UNSEEN:
+                            big = self._line_table(obj)
+                        if big is not None:  # a large object's lines: in arrays
+                            ln = op.lo >> lshift
+                            nc = big.touch(slice(ln, ln + 1), tid, now, window, k != STORE)
+                            c += nc * surcharge
+                            contended += nc
+                        else:
+                            key = (obj.oid << 32) | (op.lo >> lshift)
+                            if k != STORE:  # an atomic read-modify-write
+                                prev = lines.get(key)
+                                if (prev is not None and (prev & 0xFFFFFFFF) != tid
+                                        and now - (prev >> 32) < window):
+                                    c += surcharge
+                                    contended += 1
+                            lines[key] = (now << 32) | tid
+                        if k == CAS:
+                            self._cas(op, lab)
                     elif kc == KC_VEC:
                         c, nc = self._vector(op, k, info, tid, now)
                         contended += nc
@@ -965,6 +1007,13 @@ class TimedDriver:
             assert self.profile is not None  # sampling is on only with a profile
             self.profile.add((f"[{self._role[tid]}]",) + generator_stack(t.gen), n)
 
+    def _line_table(self, obj: Any) -> "_LineTable | None":
+        """Decide once per object where its cache-line stamps live."""
+        n = len(obj.data)
+        big = _LineTable((n >> self._lshift) + 1) if n >= _BIG_WORDS else None
+        self._big[obj.oid] = big
+        return big
+
     def _cas(self, op: O.Op, lab: str | None) -> None:
         key = lab if lab is not None else "<cas>"
         self._cas_att[key] = self._cas_att.get(key, 0) + 1
@@ -985,6 +1034,14 @@ class TimedDriver:
         if k == O.VLOAD or n == 0:
             return c, 0
         s = self._lshift
+        big = self._big.get(op.obj.oid, _UNSEEN)
+        if big is _UNSEEN:
+            big = self._line_table(op.obj)
+        if big is not None:
+            where: Any = (slice(op.lo >> s, ((op.hi - 1) >> s) + 1) if sel is None
+                          else np.unique((np.flatnonzero(sel) + op.lo) >> s))
+            nc = big.touch(where, tid, now, self._window, k in _VATOMIC)
+            return c + nc * self._surcharge, nc
         base = op.obj.oid << 32
         if sel is None:
             ls = range(op.lo >> s, ((op.hi - 1) >> s) + 1)

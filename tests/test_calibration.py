@@ -35,12 +35,20 @@ def test_share_counts_only_kswapd_samples_and_maps_kernel_symbols():
     assert cal.kswapd_share(_profile({}), "folio_referenced") == 0.0
 
 
-def test_published_figures_name_modelled_designs():
-    names = {d for d, _ in cal.DESIGNS}
+def test_published_figures_name_modelled_runs():
+    runs = {r.key: r for r in cal.RUNS}
+    assert len(runs) == len(cal.RUNS)
+    for r in cal.RUNS:
+        assert r.design in DESIGNS and r.lru in ("mglru", "classic")
     for p in cal.PUBLISHED:
-        assert p.before_design in names and p.after_design in names
-        assert p.before_design in DESIGNS and p.after_design in DESIGNS
+        assert p.before_run in runs
+        assert p.after_run is None or p.after_run in runs
         assert p.before is not None or p.after is not None
+        if p.after_run is None:  # a figure of one run
+            assert p.after is None and p.kind == "share"
+    # "MGLRU off" is the v1 base kernel (legacy) with the classic LRU
+    off = runs[cal.MGLRU_OFF]
+    assert (off.design, off.lru) == ("legacy", "classic")
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,8 @@ def test_every_design_completes_under_pressure_on_x86_tdp(design):
     assert cfg == {"design": design, "mmu": "x86-tdp", "vcpus": 2,
                    "guest_bytes": 2 << 20, "slot_bytes": 2 << 20,
                    "host_bytes": HOST_DEFAULT * PAGE_SIZE, "total_pages": NPAGES,
-                   "host_pages": HOST_DEFAULT, "direct_reclaim": True, "seed": 0}
+                   "host_pages": HOST_DEFAULT, "direct_reclaim": True, "lru": "mglru",
+                   "seed": 0}
     assert res.data["reclaim"]["watermarks"] == {"min": WMIN, "low": WLOW, "high": WHIGH}
 
 

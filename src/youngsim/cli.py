@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-direct-reclaim", action="store_true",
                    help="max_guest_memory_test: only kswapd reclaims (an allocation at the "
                         "min watermark sleeps until kswapd frees frames)")
+    t.add_argument("--lru", metavar="LRU", default=None,
+                   help="max_guest_memory_test: the LRU reclaim uses, mglru (default) or "
+                        "classic (MGLRU off: the active/inactive lists)")
     t.add_argument("--design", metavar="D", help="design (see youngsim check --list-models)")
     t.add_argument("--mmu", metavar="M", help="secondary MMU variant")
     t.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -349,12 +352,12 @@ def cmd_replay(a: argparse.Namespace) -> int:
 _SCENARIO_OPTIONS = {
     "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb"),
     "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem",
-                              "no_direct_reclaim"),
+                              "no_direct_reclaim", "lru"),
 }
 _OPTION_NAMES = {"vcpus": "-v", "bytes_per_vcpu": "-b", "benchmark": "-p",
                  "keep_tlb": "--keep-tlb", "nr_vcpus": "-c", "max_mem": "-m",
                  "slot_size": "-s", "host_mem": "--host-mem",
-                 "no_direct_reclaim": "--no-direct-reclaim"}
+                 "no_direct_reclaim": "--no-direct-reclaim", "lru": "--lru"}
 
 
 def _scenario_result(a: argparse.Namespace) -> Any:
@@ -393,7 +396,8 @@ def _scenario_result(a: argparse.Namespace) -> Any:
                                        else mgm.DEFAULT_GUEST_BYTES),
                           slot_bytes=a.slot_size, host_bytes=a.host_mem, seed=a.seed,
                           profile_period_ns=period,
-                          direct_reclaim=not a.no_direct_reclaim)
+                          direct_reclaim=not a.no_direct_reclaim,
+                          lru=a.lru if a.lru is not None else "mglru")
         mcfg.validate()
         cm = perf_cost_model(a.cost_model)
         return mgm.run_max_guest_memory(mcfg, cm)
@@ -487,11 +491,12 @@ def _compare_calibration(a: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     out_dir = a.out or os.path.join("reports", "compare-calibration")
+    runs_desc = ", ".join(f"{r.design} ({r.lru})" for r in cal.RUNS)
     print(f"youngsim compare, preset calibration: max_guest_memory_test for "
-          f"{', '.join(d for d, _ in cal.DESIGNS)} on {cal.MMU}, -c {cal.VCPUS} "
+          f"{runs_desc} on {cal.MMU}, -c {cal.VCPUS} "
           f"-m {cal.GUEST_BYTES >> 20}M, host 3/4 of the guest; beside the published "
           "2023 figures (spec section 5)")
-    with tqdm(total=len(cal.DESIGNS), desc="calibration", unit="run", file=sys.stderr,
+    with tqdm(total=len(cal.RUNS), desc="calibration", unit="run", file=sys.stderr,
               disable=None) as bar:
         def progress(done: str) -> None:
             bar.set_postfix_str(done)
@@ -516,13 +521,13 @@ def _compare_calibration(a: argparse.Namespace) -> int:
         paths.append(path)
         md = ["# youngsim compare: preset `calibration`", "", cal.__doc__ or "", "",
               "## Model beside the published figures", "", "```", text, "```", ""]
-        for design, prof in profiles.items():
-            base = os.path.join(out_dir, f"profile-{design}")
+        for key, prof in profiles.items():
+            base = os.path.join(out_dir, f"profile-{key}")
             prof.write_folded(base + ".folded")
             with open(base + ".txt", "w", encoding="utf-8") as f:
                 f.write(prof.format_table(limit=None) + "\n")
             paths += [base + ".folded", base + ".txt"]
-            md += [f"### Profile: {design}", "", "```", prof.format_table(limit=20), "```", ""]
+            md += [f"### Profile: {key}", "", "```", prof.format_table(limit=20), "```", ""]
         path = os.path.join(out_dir, "report.md")
         with open(path, "w", encoding="utf-8") as f:
             f.write("\n".join(md))

@@ -9,6 +9,10 @@ Switches:
 - ``mglru``: how MGLRU's walk and look-around reach the secondary MMU
   (``primary-only`` | ``per-page`` | ``batched``), see ``kernel/mm/vmscan.py``;
 - ``rmap_flush``: the rmap path calls ``clear_flush_young`` (True) or ``clear_young``;
+- ``classic_rmap_flush``: the same for the classic LRU's rmap path (MGLRU off), None:
+  as ``rmap_flush``. Designs whose ``rmap_flush`` is False only because 6.12's MGLRU
+  look-around clears with ``clear_young`` set it True: with MGLRU off, mainline's
+  ``folio_referenced_one`` still calls ``ptep_clear_flush_young_notify``;
 - ``flush_if_young``: KVM flushes remote TLBs when ``clear_flush_young`` found a young
   SPTE (``kvm_arch_flush_tlb_if_young``; x86 stopped in 6.13);
 - ``accessed_volatile``: locked SPTE writers treat the A bit as volatile (before 6.15);
@@ -21,7 +25,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generator
 
 from ..kernel.kvm.kvm_main import kvm_mmu_notifier_ops
-from ..kernel.mm.mmu_notifier import MmuNotifierOps
+from ..kernel.mm.mmu_notifier import (MmuNotifierOps, mmu_notifier_clear_young,
+                                      ptep_clear_young_notify)
 
 if TYPE_CHECKING:
     from ..kernel.kvm.kvm_main import Kvm
@@ -40,6 +45,7 @@ class Design:
     kernel = ""
     mglru = "primary-only"
     rmap_flush = True
+    classic_rmap_flush: bool | None = None
     flush_if_young = True
     accessed_volatile = True
 
@@ -60,6 +66,18 @@ class Design:
 
     #: may a lockless walker access-track (A/D-off) SPTEs? (6.15: yes, by cmpxchg)
     lockless_access_tracking = False
+
+    def ptep_clear_young_notify(self, sys: "System", mm: "MM", addr: int) -> Gen:
+        """``ptep_clear_young_notify`` as this design's mm has it: the primary PTE, then
+        ``mmu_notifier_clear_young`` (the classic LRU's rmap path when it does not ask
+        for a flush). Designs whose API supersedes ``clear_young`` override it."""
+        return (yield from ptep_clear_young_notify(mm, addr))
+
+    def mmu_notifier_clear_young(self, sys: "System", mm: "MM", start: int, end: int
+                                 ) -> Gen:
+        """``mmu_notifier_clear_young(mm, start, end)`` as this design's mm has it: the
+        secondary MMUs only, over a range (one aging pass over a whole VMA, say)."""
+        return (yield from mmu_notifier_clear_young(mm, start, end))
 
     # -- MGLRU batch hooks (batched designs only) ---------------------------------------
     def lru_gen_batch(self, sys: "System", mm: "MM", start: int, end: int, caller: str,

@@ -128,6 +128,8 @@ def kvm_age_gfn_range(kvm: "Kvm", range: "KvmGfnRange") -> Gen:
             young.set_bit(nr)
         return predicate is None or predicate.test_bit(nr)
 
+    if young is None and predicate is None:  # no bitmap: every young page is cleared
+        should_clear.chunk = lambda first, mask: mask  # type: ignore[attr-defined]
     return (yield from kvm.arch.age_gfn_range(kvm, range, test_only=False,
                                               should_clear=should_clear))
 
@@ -234,6 +236,21 @@ class Reviewed(Design):
         ops = kvm_mmu_notifier_ops(self.flush_if_young, lockless=False)
         ops.test_clear_young_range = kvm_mmu_notifier_test_clear_young_range
         return ops
+
+    def mmu_notifier_clear_young(self, sys: "System", mm: "MM", start: int, end: int
+                                 ) -> Gen:
+        """As below, over the range: ``test_clear_young_range`` with no bitmap."""
+        return (yield from mmu_notifier_test_clear_young_range(sys, mm, start, end, None,
+                                                               None))
+
+    def ptep_clear_young_notify(self, sys: "System", mm: "MM", addr: int) -> Gen:
+        """Once KVM has switched to the new op (the reviewer's second step),
+        ``mmu_notifier_clear_young`` is ``test_clear_young_range`` over the page with no
+        bitmap, as ``should_look_around`` clears the rmap's page."""
+        young = yield from mm.ptep_test_and_clear_young(addr)
+        ret = yield from mmu_notifier_test_clear_young_range(sys, mm, addr, addr + PAGE_SIZE,
+                                                             None, None)
+        return bool(young) or bool(ret)
 
     lru_gen_batch = staticmethod(lru_gen_batch)
     should_look_around = staticmethod(should_look_around)

@@ -20,6 +20,10 @@ class Upstream612(Design):
     kernel = "Linux 6.13-6.14"
     mglru = "per-page"
     rmap_flush = False
+    # MGLRU off: mainline never took the 2022 no-flush rmap patch, so the classic LRU's
+    # folio_referenced_one calls ptep_clear_flush_young_notify (x86 KVM skips the flush
+    # since 6.13: kvm_flush_if_young below)
+    classic_rmap_flush = True
     flush_if_young = False
     accessed_volatile = True
 

@@ -3,10 +3,19 @@
 Spec section 5 lists what the series published, "before -> after", from its cover letters:
 ``max_guest_memory_test -c 64 -m 250 -s 250`` run2 times (v1: ~600 s -> ~50 s, the
 "before" kernel flushing TLBs per young page, i.e. ``legacy``; v2: ~64 s -> ~51 s with
-``legacy-noflush`` as "before") and the share of kswapd's perf samples in a few functions.
-This preset runs the same scenario (``max_guest_memory.py``) for those three designs on
-x86 TDP with A/D bits, profiles kswapd, and prints each figure beside the published one
-with the ratio model/published.
+``legacy-noflush`` as "before"; v1 "MGLRU off": ~250 s) and the share of kswapd's perf
+samples in a few functions. This preset runs the same scenario (``max_guest_memory.py``)
+for those three designs with MGLRU, and for ``legacy`` with the classic LRU, on x86 TDP
+with A/D bits, profiles kswapd, and prints each figure beside the published one with the
+ratio model/published.
+
+"MGLRU off" is ``legacy`` with ``--lru classic``: the v1 cover letter's three run2
+figures come from one base kernel (before the series, whose "before" flushed TLBs per
+young page: spec section 5) with ``lru_gen/enabled`` on or off, and the series only
+changed MGLRU's callers, so with MGLRU off the rmap path is the base kernel's
+(``folio_referenced_one`` -> ``ptep_clear_flush_young_notify`` -> KVM's
+``clear_flush_young`` under ``mmu_lock``, flushing if young) with or without it. The
+seed review (``shared/seed``, of v2 patch 1) does not mention the figure.
 
 What can be compared, and how:
 
@@ -19,9 +28,14 @@ What can be compared, and how:
   (``queued_write_lock_slowpath``: spinning for ``mmu_lock``; the fast path is one
   atomic); ``lru_gen_look_around`` in yu-v2 is its batched look-around
   (``should_look_around`` -> ``lru_gen_batch``).
-- Not modelled: the "MGLRU off" figure (~250 s; the classic active/inactive LRU is not
-  built) and the classic-LRU profile; the memcached, Spark and multichase figures
-  (application workloads, spec section 5, not replayed).
+- **The classic-LRU profile** ("MGLRU off": ``_raw_write_lock`` 9.93% + 18.98% (active
+  list)): two entries of one call graph, ``_raw_write_lock`` under
+  ``shrink_inactive_list`` (9.93%) and under ``shrink_active_list`` (18.98%); a stack
+  holds at most one of the two, so the shares add up (28.91%). The model's are computed
+  the same way: kswapd's samples spinning for ``mmu_lock`` whose stack also contains
+  that function (``kswapd_share(..., within=...)``).
+- Not modelled: the memcached, Spark and multichase figures (application workloads, spec
+  section 5, not replayed).
 
 The constants are the cost model's, unchanged for this preset (``docs/cost-model.md``);
 nothing is fitted to these figures.
@@ -40,30 +54,57 @@ VCPUS = 16
 GUEST_BYTES = 32 << 20
 PROFILE_PERIOD_NS = 1000
 MMU = "x86-tdp"
-#: (design, what it stands for in the published figures)
-DESIGNS: tuple[tuple[str, str], ...] = (
-    ("legacy", "v1 'before': MGLRU, rmap path flushes TLBs per young page"),
-    ("legacy-noflush", "v2 'before': MGLRU, locked clear_young without a flush"),
-    ("yu-v2", "'after': the series (lockless, batched)"),
+#: the run of the classic LRU ("MGLRU off")
+MGLRU_OFF = "legacy-classic"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the preset: its key in the results, the design, the LRU."""
+
+    key: str
+    design: str
+    lru: str
+    stands_for: str
+
+
+RUNS: tuple[Run, ...] = (
+    Run("legacy", "legacy", "mglru",
+        "v1 'before': MGLRU, rmap path flushes TLBs per young page"),
+    Run("legacy-noflush", "legacy-noflush", "mglru",
+        "v2 'before': MGLRU, locked clear_young without a flush"),
+    Run("yu-v2", "yu-v2", "mglru", "'after': the series (lockless, batched)"),
+    Run(MGLRU_OFF, "legacy", "classic",
+        "v1 'MGLRU off': classic LRU, rmap path flushes TLBs per young page"),
 )
 
 
 @dataclass(frozen=True)
 class Published:
-    """One published figure: ``before`` -> ``after`` (None: the symbol is gone)."""
+    """One published figure: ``before`` -> ``after`` (None: the symbol is gone), each
+    measured on a run of ``RUNS`` (by key). A figure of one run only (the classic-LRU
+    profile) has ``after_run`` None."""
 
     what: str
-    before_design: str
-    after_design: str
+    before_run: str
+    after_run: str | None
     before: float | None
     after: float | None
     kind: str  # "run2_s" or "share"
     symbol: str = ""
+    #: shares: count only stacks that also contain this function
+    within: str | None = None
+    #: run2_s: what the ratio is called in the row
+    ratio_name: str = "before/after"
 
 
 PUBLISHED: tuple[Published, ...] = (
     Published("max_guest_memory_test run2 (s), v1", "legacy", "yu-v2", 600.0, 50.0,
               "run2_s"),
+    Published("max_guest_memory_test run2 (s), v1", MGLRU_OFF, "yu-v2", 250.0, 50.0,
+              "run2_s", ratio_name="MGLRU off/after"),
+    Published("max_guest_memory_test run2 (s), v1", "legacy", MGLRU_OFF, 600.0, 250.0,
+              "run2_s", ratio_name="before/MGLRU off"),
     Published("max_guest_memory_test run2 (s), v2", "legacy-noflush", "yu-v2", 64.0, 51.0,
               "run2_s"),
     Published("kswapd % folio_referenced, v2", "legacy-noflush", "yu-v2", 13.05, 3.74,
@@ -84,6 +125,12 @@ PUBLISHED: tuple[Published, ...] = (
               "_raw_write_lock"),
     Published("kswapd % __mmu_notifier_test_clear_young, v1", "legacy", "yu-v2", None,
               1.53, "share", "__mmu_notifier_test_clear_young"),
+    Published("kswapd % _raw_write_lock in shrink_inactive_list, v1 MGLRU off", MGLRU_OFF,
+              None, 9.93, None, "share", "_raw_write_lock", within="shrink_inactive_list"),
+    Published("kswapd % _raw_write_lock in shrink_active_list, v1 MGLRU off", MGLRU_OFF,
+              None, 18.98, None, "share", "_raw_write_lock", within="shrink_active_list"),
+    Published("kswapd % _raw_write_lock, v1 MGLRU off (sum of the two)", MGLRU_OFF, None,
+              28.91, None, "share", "_raw_write_lock"),
 )
 
 #: a published symbol -> alternatives, each a set of model frames a stack must all contain
@@ -94,15 +141,17 @@ SYMBOL_FRAMES: dict[str, tuple[frozenset[str], ...]] = {
 }
 
 NOT_MODELLED = (
-    "max_guest_memory_test run2 with MGLRU off (~250 s): the classic LRU is not modelled",
-    "classic-LRU kswapd profile (_raw_write_lock 9.93% + 18.98%): not modelled",
     "memcached/memtier, Spark, multichase figures: application workloads, not replayed",
 )
 
 
-def kswapd_share(profile: Profile, symbol: str) -> float:
-    """Percent of kswapd's samples whose stack contains ``symbol`` (or its model frames)."""
+def kswapd_share(profile: Profile, symbol: str, within: str | None = None) -> float:
+    """Percent of kswapd's samples whose stack contains ``symbol`` (or its model frames)
+    and, if given, the function ``within`` (the symbol's entry under that caller in a
+    ``perf report --children`` call graph)."""
     alts = SYMBOL_FRAMES.get(symbol, (frozenset({symbol}),))
+    if within is not None:
+        alts = tuple(a | {within} for a in alts)
     total = hit = 0
     for stack, n in profile.samples.items():
         if not stack or stack[0] != "[kswapd]":
@@ -118,31 +167,33 @@ def run_calibration(cost_model: CostModel | None = None,
                     progress: Callable[[str], None] | None = None
                     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]],
                                dict[str, Profile]]:
-    """Run the three designs; return (comparison rows, per-design figures, profiles)."""
+    """Run ``RUNS``; return (comparison rows, per-run figures, profiles), keyed by run."""
     runs: dict[str, dict[str, Any]] = {}
     profiles: dict[str, Profile] = {}
-    for design, stands_for in DESIGNS:
-        cfg = Config(design=design, mmu=MMU, vcpus=VCPUS, guest_bytes=GUEST_BYTES,
-                     profile_period_ns=PROFILE_PERIOD_NS)
+    for run in RUNS:
+        cfg = Config(design=run.design, mmu=MMU, vcpus=VCPUS, guest_bytes=GUEST_BYTES,
+                     profile_period_ns=PROFILE_PERIOD_NS, lru=run.lru)
         res = run_max_guest_memory(cfg, cost_model)
         d = res.data
         assert res.timed.profile is not None
-        profiles[design] = res.timed.profile
-        runs[design] = {"design": design, "stands_for": stands_for, "ok": res.ok,
-                        "run1_s": d["run1_s"], "reset_s": d["reset_s"],
-                        "run2_s": d["run2_s"], "reclaim": d["reclaim"],
-                        "cost_model": d["cost_model"],
-                        "fault_latency_p99_ns": d["faults"]["fault_latency_p99_ns"]}
+        profiles[run.key] = res.timed.profile
+        runs[run.key] = {"run": run.key, "design": run.design, "lru": run.lru,
+                         "stands_for": run.stands_for, "ok": res.ok,
+                         "run1_s": d["run1_s"], "reset_s": d["reset_s"],
+                         "run2_s": d["run2_s"], "reclaim": d["reclaim"],
+                         "cost_model": d["cost_model"],
+                         "fault_latency_p99_ns": d["faults"]["fault_latency_p99_ns"]}
         if progress is not None:
-            progress(design)
+            progress(run.key)
     rows = []
     for p in PUBLISHED:
         if p.kind == "run2_s":
-            b, a = runs[p.before_design]["run2_s"], runs[p.after_design]["run2_s"]
+            assert p.after_run is not None
+            b, a = runs[p.before_run]["run2_s"], runs[p.after_run]["run2_s"]
             model_ratio = b / a if a and b is not None else None
             pub_ratio = (p.before / p.after) if p.before and p.after else None
-            rows.append({"what": p.what + " before/after", "designs":
-                         f"{p.before_design} / {p.after_design}",
+            rows.append({"what": f"{p.what} {p.ratio_name}", "designs":
+                         f"{p.before_run} / {p.after_run}",
                          "published": round(pub_ratio, 3) if pub_ratio else None,
                          "model": round(model_ratio, 3) if model_ratio else None,
                          "ratio": (round(model_ratio / pub_ratio, 3)
@@ -150,10 +201,14 @@ def run_calibration(cost_model: CostModel | None = None,
                          "note": f"published {p.before:g} s -> {p.after:g} s; model "
                                  f"{b:.6f} s -> {a:.6f} s"})
             continue
-        for when, design, pub in (("before", p.before_design, p.before),
-                                  ("after", p.after_design, p.after)):
-            model = kswapd_share(profiles[design], p.symbol)
-            rows.append({"what": f"{p.what} {when}", "designs": design,
+        if p.after_run is None:
+            figures = [(p.what, p.before_run, p.before)]
+        else:
+            figures = [(f"{p.what} before", p.before_run, p.before),
+                       (f"{p.what} after", p.after_run, p.after)]
+        for what, key, pub in figures:
+            model = kswapd_share(profiles[key], p.symbol, p.within)
+            rows.append({"what": what, "designs": key,
                          "published": pub, "model": round(model, 2),
                          "ratio": round(model / pub, 3) if pub else None,
                          "note": "" if pub is not None else "not in the published profile"})
@@ -171,9 +226,15 @@ def render(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
     lines.append("")
     for d in runs.values():
         rc = d["reclaim"]
-        lines.append(f"{d['design']:<15} run1 {d['run1_s']:.6f} s, run2 {d['run2_s']:.6f} s; "
-                     f"{rc['lru_gen']['evicted']} evicted, {rc['swap_reads']} swapped in, "
-                     f"{rc['lru_gen']['activated']} kept referenced, "
+        if "lru_classic" in rc:
+            lc = rc["lru_classic"]
+            kept = (f"{lc['activated']} activated, {lc['kept']} kept inactive, "
+                    f"{lc['deactivated']} deactivated")
+        else:
+            lc = rc["lru_gen"]
+            kept = f"{lc['activated']} kept referenced"
+        lines.append(f"{d['run']:<15} run1 {d['run1_s']:.6f} s, run2 {d['run2_s']:.6f} s; "
+                     f"{lc['evicted']} evicted, {rc['swap_reads']} swapped in, {kept}, "
                      f"{rc['direct_reclaims']} direct reclaims ({d['stands_for']})")
     lines.append("")
     lines += [f"not compared: {x}" for x in NOT_MODELLED]

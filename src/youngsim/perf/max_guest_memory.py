@@ -18,6 +18,10 @@ guest), nothing is prefaulted, and:
   ``walk_pte_range``; ``folio_referenced`` with look-around during eviction), unmaps the
   pages it evicts (the mmu_notifier invalidation zaps the secondary MMU's entry) and
   writes them to a swap device with the cost model's latency and bandwidth;
+- ``lru="classic"`` (``--lru classic``) runs with MGLRU off: the core bit of
+  ``lru_gen/enabled`` is cleared before reclaim is enabled, so reclaim uses the classic
+  active/inactive lists (``kernel/mm/lru_classic.py``) and every design's rmap path is
+  ``folio_referenced_one``'s classic branch (no look-around, no page-table walk);
 - "reset" is ``kvm_mmu_reset_context`` per vCPU: a fixed cost and an empty TLB (the TDP
   root is kept, so the secondary MMU's entries survive; what run2 refaults is what
   reclaim evicted).
@@ -36,7 +40,9 @@ import numpy as np
 from ..check.model import build_system
 from ..kernel.hw.vcpu import guest_access
 from ..kernel.mm.page_alloc import KSWAPD, KSWAPD_STOP, KSWAPD_WAKE, SWAP_CLUSTER_MAX
+from ..kernel.mm.lru_classic import LRU_ACTIVE_ANON, LRU_INACTIVE_ANON, ClassicLruvec
 from ..kernel.mm.reclaim import enable_reclaim, kswapd
+from ..kernel.mm.vmscan import LRU_GEN_CORE
 from ..kernel.system import PAGE_SIZE
 from ..sim import Machine, Op, fetch_add, fetch_or, store, vstore, wait_until
 from ..sim.costmodel import CostModel
@@ -58,6 +64,9 @@ DEFAULT_HOST_FRACTION = 0.75
 _ALL = (1 << 64) - 1
 
 STEPS: tuple[str, ...] = ("run1", "reset", "run2")
+#: ``--lru``: the multi-gen LRU (the kernel's default where built) or the classic
+#: active/inactive LRU ("MGLRU off": lru_gen/enabled without its core bit)
+LRUS: tuple[str, ...] = ("mglru", "classic")
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,8 @@ class Config:
     #: allocations at the min watermark reclaim by themselves (the kernel's behaviour;
     #: off: only kswapd reclaims and such allocations sleep until it frees frames)
     direct_reclaim: bool = True
+    #: which LRU reclaim uses: ``"mglru"`` or ``"classic"`` (MGLRU off)
+    lru: str = "mglru"
 
     @property
     def total_pages(self) -> int:
@@ -91,6 +102,8 @@ class Config:
     def validate(self) -> None:
         """Raise ``ConfigError`` with a one-line reason."""
         validate_design_mmu(self.design, self.mmu)
+        if self.lru not in LRUS:
+            raise ConfigError(f"unknown LRU {self.lru!r} for --lru (known: {', '.join(LRUS)})")
         if self.vcpus < 1:
             raise ConfigError(f"-c must be at least 1, got {self.vcpus}")
         for opt, v in (("-m", self.guest_bytes), ("-s", self.slot_bytes),
@@ -125,6 +138,8 @@ class _Harness:
         self.sys = build_system(m, cfg.design, cfg.mmu, npages=cfg.total_pages,
                                 nvcpus=cfg.vcpus, prefault_primary=False,
                                 slot_pages=cfg.slot_pages)
+        if cfg.lru == "classic":  # echo 0 > /sys/kernel/mm/lru_gen/enabled (core bit off)
+            self.sys.lru_gen_enabled &= ~LRU_GEN_CORE
         enable_reclaim(self.sys, cfg.host_pages, direct_reclaim=cfg.direct_reclaim)
         self.invariants = list(m.invariants)
         m.invariants.clear()
@@ -212,7 +227,7 @@ def _to_dict(res: MgmResult, h: _Harness) -> dict[str, Any]:
                    "guest_bytes": cfg.guest_bytes, "slot_bytes": cfg.slot_pages * PAGE_SIZE,
                    "host_bytes": cfg.host_pages * PAGE_SIZE, "total_pages": cfg.total_pages,
                    "host_pages": cfg.host_pages, "direct_reclaim": cfg.direct_reclaim,
-                   "seed": cfg.seed},
+                   "lru": cfg.lru, "seed": cfg.seed},
         "scale_note": (f"small scale: {cfg.total_pages} guest pages on {cfg.host_pages} host "
                        f"frames, simulated one operation at a time (cap {MAX_TOTAL_PAGES}); "
                        "figures come from the cost model, not from hardware"),
@@ -234,9 +249,14 @@ def _to_dict(res: MgmResult, h: _Harness) -> dict[str, Any]:
         "direct_reclaims": r.counters.get("direct_reclaim", 0),
         "swap_writes": mm.swap.writes, "swap_reads": mm.swap.reads,
         "swap_slots_in_use_at_end": mm.swap.in_use,
-        "lru_gen": dict(mm.lru.stats),
-        "lru_gen_seq": {"min": mm.lru.min_seq, "max": mm.lru.max_seq},
     }
+    if isinstance(mm.lru, ClassicLruvec):
+        out["reclaim"]["lru_classic"] = dict(mm.lru.stats)
+        out["reclaim"]["lru_lists_at_end"] = {
+            lru: mm.lru.lruvec_lru_size(lru) for lru in (LRU_INACTIVE_ANON, LRU_ACTIVE_ANON)}
+    else:
+        out["reclaim"]["lru_gen"] = dict(mm.lru.stats)
+        out["reclaim"]["lru_gen_seq"] = {"min": mm.lru.min_seq, "max": mm.lru.max_seq}
     out.update(common_figures(r, res.samples))
     return out
 
@@ -245,6 +265,7 @@ def render(res: MgmResult) -> str:
     """The tool's result line, then checks and a short summary."""
     cfg, r, d = res.config, res.timed, res.data
     out = [(f"{SCENARIO} (youngsim, timed model): design {cfg.design}, mmu {cfg.mmu}, "
+            f"lru {cfg.lru}{' (MGLRU off)' if cfg.lru == 'classic' else ''}, "
             f"-c {cfg.vcpus} -m {fmt_size(cfg.guest_bytes)} -s "
             f"{fmt_size(cfg.slot_pages * PAGE_SIZE)}, host memory "
             f"{fmt_size(cfg.host_pages * PAGE_SIZE)} ({cfg.total_pages} guest pages, "
@@ -258,11 +279,19 @@ def render(res: MgmResult) -> str:
     else:
         out.append("run1/reset/run2: n/a (the run stopped early)")
     rc = d["reclaim"]
-    lg = rc["lru_gen"]
-    out.append(f"reclaim: {lg['evicted']} pages evicted, {rc['swap_reads']} swapped back in, "
-               f"{lg['activated']} kept as referenced, {lg['aging_passes']} aging passes "
-               f"({lg['promoted']} folios promoted by walks and look-around), "
-               f"{rc['direct_reclaims']} direct reclaims by faulting vCPUs")
+    if "lru_classic" in rc:
+        lc, ls = rc["lru_classic"], rc["lru_lists_at_end"]
+        out.append(f"reclaim: {lc['evicted']} pages evicted, {rc['swap_reads']} swapped back "
+                   f"in, {lc['activated']} activated and {lc['kept']} kept on the inactive "
+                   f"list as referenced, {lc['deactivated']} deactivated from the active "
+                   f"list, {rc['direct_reclaims']} direct reclaims by faulting vCPUs; at the "
+                   f"end {ls[LRU_INACTIVE_ANON]} inactive, {ls[LRU_ACTIVE_ANON]} active")
+    else:
+        lg = rc["lru_gen"]
+        out.append(f"reclaim: {lg['evicted']} pages evicted, {rc['swap_reads']} swapped back "
+                   f"in, {lg['activated']} kept as referenced, {lg['aging_passes']} aging "
+                   f"passes ({lg['promoted']} folios promoted by walks and look-around), "
+                   f"{rc['direct_reclaims']} direct reclaims by faulting vCPUs")
     out.append("")
     out += render_common(d, res.checks, ("false_old", "false_young", "vcpu_faults",
                                          "walk_pages", "walk_young", "rmap_pages",

@@ -23,6 +23,14 @@ kernel's ``lru_lock``), so no two reclaim the same folio, and only one of them w
 mm for a new generation at a time (``iterate_mm_list`` hands the mm to one walker; the
 others skip aging and evict).
 
+With MGLRU off (``lru_gen_enabled()`` false: the core bit of ``System.lru_gen_enabled``
+clear when reclaim is enabled) the mm gets the classic active/inactive lists instead
+(``lru_classic.py``): ``shrink_node`` -> ``shrink_lruvec`` -> ``shrink_list`` ->
+``shrink_active_list`` / ``shrink_inactive_list``, whose eviction is this file's
+``shrink_folio_list`` (with ``folio_check_references``' ``PG_referenced`` rule),
+``try_to_unmap_one`` and ``pageout``; kswapd and direct reclaim then scan at decreasing
+priorities (``ScanControl``), as ``balance_pgdat`` and ``do_try_to_free_pages`` do.
+
 Left out, and why: the file LRU and the anon/file balance (a VM's
 memory is one swap-backed shmem file), refault distance (``workingset_refault``: a
 swapped-in folio is never activated at once), tiers and the PID controller (one tier).
@@ -34,13 +42,16 @@ from typing import TYPE_CHECKING, Any, Generator
 
 from ...sim import Op, fetch_and, load, nop, wait_until, xchg
 from ..system import PAGE_SIZE
+from .lru_classic import (DEF_PRIORITY, FOLIOREF_ACTIVATE, FOLIOREF_KEEP, FOLIOREF_RECLAIM,
+                          ClassicLruvec, ScanControl, kswapd_age_node, prepare_scan_count,
+                          shrink_lruvec)
 from .mm import PTRS_PER_PTE
 from .mmu_notifier import (mmu_notifier_invalidate_range_end,
                            mmu_notifier_invalidate_range_start)
 from .page_alloc import (KSWAPD, KSWAPD_STOP, KSWAPD_WAKE, NR_FREE, SWAP_CLUSTER_MAX, Zone,
                          free_pages)
 from .swap import SwapDevice, swap_writepage, swp_entry_to_pte
-from .vmscan import folio_referenced, walk_pte_range
+from .vmscan import folio_referenced, lru_gen_enabled, walk_pte_range
 
 if TYPE_CHECKING:
     from ..system import System
@@ -151,18 +162,15 @@ class Lruvec:
 
 
 def enable_reclaim(sys: "System", host_pages: int, direct_reclaim: bool = True) -> None:
-    """Give the host ``host_pages`` frames, a swap device and MGLRU lists; with
-    ``direct_reclaim``, allocations at the min watermark reclaim by themselves."""
+    """Give the host ``host_pages`` frames, a swap device and LRU lists (MGLRU's
+    generations, or the classic active/inactive lists if ``lru_gen_enabled()`` is false);
+    with ``direct_reclaim``, allocations at the min watermark reclaim by themselves."""
     mm = sys.mm
     zone = mm.zone = Zone(sys, host_pages)
     mm.swap = SwapDevice(sys)
-    mm.lru = Lruvec()
+    mm.lru = Lruvec() if lru_gen_enabled(sys) else ClassicLruvec()
     if direct_reclaim:
         zone.direct_reclaim = lambda: try_to_free_pages(sys, zone)
-
-
-#: ``DEF_PRIORITY``: direct reclaim scans at up to 13 priorities (12 down to 0)
-DEF_PRIORITY = 12
 
 
 def try_to_free_pages(sys: "System", zone: Zone) -> Gen:
@@ -172,12 +180,14 @@ def try_to_free_pages(sys: "System", zone: Zone) -> Gen:
     returns the frames reclaimed (0: no progress, the caller throttles)."""
     yield nop(cost="direct_reclaim_enter")
     sys.count("direct_reclaim")
-    reclaimed = 0
-    for _priority in range(DEF_PRIORITY, -1, -1):
-        reclaimed += yield from shrink_node(sys, zone)
-        if reclaimed >= SWAP_CLUSTER_MAX or not sys.mm.lru.nr_folios():
+    sc = ScanControl(nr_to_reclaim=SWAP_CLUSTER_MAX)
+    for priority in range(DEF_PRIORITY, -1, -1):
+        sc.priority = priority
+        sc.nr_scanned = 0
+        yield from shrink_node(sys, zone, sc)
+        if sc.nr_reclaimed >= sc.nr_to_reclaim or not sys.mm.lru.nr_folios():
             break
-    return reclaimed
+    return sc.nr_reclaimed
 
 
 # -- kswapd ---------------------------------------------------------------------------
@@ -200,21 +210,53 @@ def kswapd_try_to_sleep(zone: Zone) -> Gen:
 
 
 def balance_pgdat(sys: "System", zone: Zone) -> Gen:
-    """Reclaim until the free frames reach the high watermark (or nothing is left)."""
+    """Reclaim until the free frames reach the high watermark (or nothing is left).
+
+    With the classic LRU, as the kernel's loop: at each priority from ``DEF_PRIORITY``
+    down, ``kswapd_age_node`` then ``kswapd_shrink_node`` (``nr_to_reclaim`` is the high
+    watermark, at least ``SWAP_CLUSTER_MAX``); the priority is raised (its number
+    lowered) when fewer folios than that were scanned or none was reclaimed. Past
+    priority 1 unbalanced, kswapd runs ``balance_pgdat`` again without sleeping
+    (``prepare_kswapd_sleep`` is false): the priority starts over. MGLRU's
+    ``lru_gen_shrink_node`` evicts one batch per ``shrink_node`` whatever the priority."""
+    lru = sys.mm.lru
+    classic = isinstance(lru, ClassicLruvec)
+    sc = ScanControl(nr_to_reclaim=max(zone.wmark_high, SWAP_CLUSTER_MAX), kswapd=True)
     while True:
         free = yield load(zone.ctl, NR_FREE, cost="zone_counter_read")
-        if free >= zone.wmark_high or not sys.mm.lru.nr_folios():
+        if free >= zone.wmark_high or not lru.nr_folios():
             return
-        yield from shrink_node(sys, zone)
+        if not classic:
+            yield from shrink_node(sys, zone, sc)
+            continue
+        yield from kswapd_age_node(sys, sc)
+        sc.nr_scanned = 0
+        nr_reclaimed = sc.nr_reclaimed
+        yield from shrink_node(sys, zone, sc)  # kswapd_shrink_node
+        raise_priority = sc.nr_scanned < sc.nr_to_reclaim
+        if raise_priority or sc.nr_reclaimed == nr_reclaimed:
+            sc.priority -= 1
+            if sc.priority < 1:
+                sc.priority = DEF_PRIORITY
 
 
-def shrink_node(sys: "System", zone: Zone) -> Gen:
-    """``shrink_node`` -> ``lru_gen_shrink_node`` -> ``try_to_shrink_lruvec``: age if
-    eviction has too few generations, then evict one batch."""
-    lru: Lruvec = sys.mm.lru
-    if lru.should_run_aging():
-        yield from try_to_inc_max_seq(sys)
-    return (yield from evict_folios(sys, zone, SWAP_CLUSTER_MAX))
+def shrink_node(sys: "System", zone: Zone, sc: ScanControl | None = None) -> Gen:
+    """``shrink_node``. MGLRU: ``lru_gen_shrink_node`` -> ``try_to_shrink_lruvec``: age if
+    eviction has too few generations, then evict one batch. Classic LRU:
+    ``prepare_scan_count``, then ``shrink_node_memcgs`` -> ``shrink_lruvec`` (one lruvec).
+    Returns the frames reclaimed (also added to ``sc.nr_reclaimed``)."""
+    if sc is None:
+        sc = ScanControl()
+    lru = sys.mm.lru
+    if isinstance(lru, ClassicLruvec):
+        prepare_scan_count(lru, sc)
+        reclaimed = yield from shrink_lruvec(sys, zone, lru, sc)
+    else:
+        if lru.should_run_aging():
+            yield from try_to_inc_max_seq(sys)
+        reclaimed = yield from evict_folios(sys, zone, SWAP_CLUSTER_MAX)
+    sc.nr_reclaimed += reclaimed
+    return reclaimed
 
 
 def try_to_inc_max_seq(sys: "System") -> Gen:
@@ -249,15 +291,23 @@ def evict_folios(sys: "System", zone: Zone, n: int) -> Gen:
     return (yield from shrink_folio_list(sys, zone, folios))
 
 
-def shrink_folio_list(sys: "System", zone: Zone, folios: list[int]) -> Gen:
-    """For each folio: referenced (rmap walk, with look-around) -> promoted; else
-    unmapped, written to swap and freed. Returns the number reclaimed."""
+def shrink_folio_list(sys: "System", zone: Zone, folios: list[int],
+                      ret_folios: list[tuple[int, str]] | None = None) -> Gen:
+    """For each isolated folio, ``folio_check_references``: reclaim -> unmapped, written
+    to swap and freed; else kept. MGLRU promotes a kept folio at once
+    (``folio_activate``); with ``ret_folios`` (the classic LRU) each kept folio is
+    appended with its verdict (``FOLIOREF_ACTIVATE`` or ``FOLIOREF_KEEP``) for the
+    caller's ``move_folios_to_lru``. Returns the number reclaimed."""
     mm = sys.mm
-    lru: Lruvec = mm.lru
+    lru = mm.lru
     reclaimed = 0
     for pfn in folios:
-        if (yield from folio_referenced(sys, mm, pfn)):
-            lru.folio_activate(pfn)
+        references = yield from folio_check_references(sys, pfn)
+        if references != FOLIOREF_RECLAIM:
+            if ret_folios is None:
+                lru.folio_activate(pfn)
+            else:
+                ret_folios.append((pfn, references))
             continue
         yield from try_to_unmap_one(sys, mm, pfn)
         yield from pageout(mm.swap)
@@ -267,6 +317,29 @@ def shrink_folio_list(sys: "System", zone: Zone, folios: list[int]) -> Gen:
         yield from free_pages(zone, reclaimed)
         sys.count("pages_reclaimed", reclaimed)
     return reclaimed
+
+
+def folio_check_references(sys: "System", pfn: int) -> Gen:
+    """``folio_check_references`` for a folio mapped once. ``folio_referenced`` runs the
+    design's rmap path (with look-around under MGLRU). MGLRU: referenced -> activate
+    (promoted), else reclaim. Classic LRU: ``PG_referenced`` is tested and cleared;
+    referenced PTEs with ``PG_referenced`` set (or more than one referenced mapping) ->
+    activate; referenced PTEs alone -> set ``PG_referenced`` and keep ("look twice");
+    no referenced PTE -> reclaim (anon: ``FOLIOREF_RECLAIM_CLEAN`` is file-only)."""
+    mm = sys.mm
+    referenced_ptes = yield from folio_referenced(sys, mm, pfn)
+    lru = mm.lru
+    if not isinstance(lru, ClassicLruvec):
+        return FOLIOREF_ACTIVATE if referenced_ptes else FOLIOREF_RECLAIM
+    yield nop(cost="folio_test_clear_referenced")
+    referenced_folio = lru.folio_test_clear_referenced(pfn)
+    if referenced_ptes:
+        yield nop(cost="folio_set_referenced")
+        lru.folio_set_referenced(pfn)
+        if referenced_folio or referenced_ptes > 1:
+            return FOLIOREF_ACTIVATE
+        return FOLIOREF_KEEP
+    return FOLIOREF_RECLAIM
 
 
 def try_to_unmap_one(sys: "System", mm: "MM", pfn: int) -> Gen:

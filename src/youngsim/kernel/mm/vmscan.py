@@ -4,7 +4,10 @@ bits.
 - ``walk_pte_range``: MGLRU's page-table walk over one leaf table range (``walk_mm``).
 - ``lru_gen_look_around``: from the rmap path, age the neighbours of a young page.
 - ``folio_referenced`` -> ``folio_referenced_one``: the rmap path of classic LRU and of
-  MGLRU eviction.
+  MGLRU eviction. With MGLRU off (``lru_gen_enabled()`` false) it is the kernel's
+  ``else`` branch: ``ptep_clear_flush_young_notify`` (or the design's
+  ``ptep_clear_young_notify`` for designs carrying the 2022 no-flush rmap patch,
+  ``Design.classic_rmap_flush``), no look-around, whatever the design's MGLRU callers.
 
 How a caller reaches the secondary MMU is what the designs change, so each of these asks
 the design (``designs/base.py``): ``design.mglru`` is ``"primary-only"`` (before 6.12: the
@@ -32,6 +35,21 @@ if TYPE_CHECKING:
 Gen = Generator[Op, Any, Any]
 
 MIN_LRU_BATCH = 64  # BITS_PER_LONG
+
+#: ``/sys/kernel/mm/lru_gen/enabled`` bit 0x0001 (``LRU_GEN_CORE``): MGLRU on
+LRU_GEN_CORE = 0x0001
+
+
+def lru_gen_enabled(sys: "System") -> bool:
+    """``lru_gen_enabled()``: the multi-gen LRU's core switch is on."""
+    return bool(sys.lru_gen_enabled & LRU_GEN_CORE)
+
+
+def classic_rmap_flush(sys: "System") -> bool:
+    """With MGLRU off, does ``folio_referenced_one`` ask for a flush?"""
+    design = sys.design
+    flush = design.classic_rmap_flush
+    return design.rmap_flush if flush is None else flush
 
 
 def decide(sys: "System", mm: "MM", addr: int, young: bool, caller: str) -> None:
@@ -137,6 +155,13 @@ def folio_referenced_one(sys: "System", mm: "MM", addr: int, look_around: bool) 
     pte = yield load(t, i, cost="pte_read")
     if not pte_present(pte):
         return 0
+    if not lru_gen_enabled(sys):  # the classic LRU: no look-around
+        if classic_rmap_flush(sys):
+            referenced = yield from ptep_clear_flush_young_notify(mm, addr)
+        else:
+            referenced = yield from design.ptep_clear_young_notify(sys, mm, addr)
+        decide(sys, mm, addr, bool(referenced), "rmap")
+        return int(bool(referenced))
     lo, hi = look_around_window(mm, addr)
     if design.mglru == "batched":
         referenced = yield from design.should_look_around(sys, mm, addr, pte, lo, hi,

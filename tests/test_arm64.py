@@ -130,7 +130,7 @@ def test_swaf_access_flag_fault_sets_af():
     d = arch.leaf_spte(0)
     assert d & P.AF and d & P.KVM_PTE_VALID and not d & P.DBM
     assert d & P.S2AP_W  # without HD KVM maps a host-writable page writable at once
-    assert P.kvm_pte_to_pfn(d) == arch.tables.ghost_installed[0]
+    assert P.kvm_pte_to_pfn(d) == arch.tables.installed_pfn(0)
     # fixed by handle_access_fault: read lock and a cmpxchg, not user_mem_abort
     ops = [s.op.describe() for s in m.trace]
     assert "read_lock(kvm->mmu_lock)" in ops and "write_lock(kvm->mmu_lock)" not in ops
@@ -153,13 +153,13 @@ def test_swaf_write_protected_takes_permission_fault_and_dirties():
     def body(sys: Any, out: list[Any]) -> Any:
         arch = sys.kvms[0].arch
         out.append((yield from arch.pgt.hw_walk(0, True)))
-        sys.kvms[0].arch.tables.ghost_dirty.discard(0)  # the set-up removed the write permission
+        sys.kvms[0].arch.tables.ghost_dirty[0] = False  # the set-up removed the write permission
         yield from vcpu_thread(sys, 0, 0, [(0, True)])
 
     m, arch, out = _run_single("arm64-swaf", body, young=True, clear_bits=P.S2AP_W)
     assert out[0] == (False, P.ESR_ELx_FSC_PERM)
     assert m.counters.get("vcpu_faults") == 1
-    assert arch.leaf_spte(0) & P.S2AP_W and 0 in arch.tables.ghost_dirty
+    assert arch.leaf_spte(0) & P.S2AP_W and arch.tables.ghost_dirty[0]
     ops = [s.op.describe() for s in m.trace]
     assert "read_lock(kvm->mmu_lock)" in ops and "write_lock(kvm->mmu_lock)" not in ops
 
@@ -184,11 +184,11 @@ def test_read_fault_install_per_variant():
     m, arch = build_for("arm64")
     d = arch.leaf_spte(0)
     assert m.counters.get("vcpu_faults") == 1
-    assert d & P.DBM and d & P.AF and not d & P.S2AP_W and 0 not in arch.tables.ghost_dirty
+    assert d & P.DBM and d & P.AF and not d & P.S2AP_W and not arch.tables.ghost_dirty[0]
     m, arch = build_for("arm64-swaf")
     d = arch.leaf_spte(0)
     assert m.counters.get("vcpu_faults") == 1
-    assert not d & P.DBM and d & P.AF and d & P.S2AP_W and 0 in arch.tables.ghost_dirty
+    assert not d & P.DBM and d & P.AF and d & P.S2AP_W and arch.tables.ghost_dirty[0]
 
 
 def test_hw_af_set_on_tlb_miss_without_fault():
@@ -205,7 +205,7 @@ def test_hw_af_set_on_tlb_miss_without_fault():
     assert not out[0] & P.AF and out[0] & P.DBM and not out[0] & P.S2AP_W
     assert out[1] == out[0] | P.AF  # the walker set AF, nothing else
     assert out[2] == out[1] | P.S2AP_W  # DBM: writable-clean -> writable-dirty
-    assert 0 in arch.tables.ghost_dirty
+    assert arch.tables.ghost_dirty[0]
     assert any(s.op.describe().startswith("cas(s2pt0[0]") and s.loc.startswith(
         "kernel/arm64/pgtable.py") for s in m.trace)
 

@@ -129,7 +129,8 @@ def test_reverted_pfn_is_a_lost_update():
     table = leaf_table(sys)
     old_pfn = S.spte_to_pfn(table[0])
     assert old_pfn == pte_pfn(int(sys.mm.ptes()[0]))
-    sys.kvms[0].arch.tables.ghost_installed[0] = old_pfn + 0x40
+    tables = sys.kvms[0].arch.tables
+    tables.ghost_install(0, old_pfn + 0x40, dirty=bool(tables.ghost_dirty[0]))
     run(m, poke, table)
     assert kinds(m) == "spte-lost-update"
     assert "reverted" in m.violation.message
@@ -141,7 +142,7 @@ def test_cleared_hardware_dirty_bit_is_reported():
     run(m, guest_access, sys, vcpu, 0, True)  # the EPT walk sets A and D
     table = leaf_table(sys)
     assert m.violation is None and S.is_dirty_spte(table[0])
-    assert 0 in sys.kvms[0].arch.tables.ghost_dirty
+    assert sys.kvms[0].arch.tables.ghost_dirty[0]
     table[0] = table[0] & ~S.shadow_dirty_mask
     run(m, poke, table)
     assert kinds(m) == "spte-dirty-lost"
@@ -151,7 +152,7 @@ def test_clearing_a_clean_sptes_dirty_bit_is_fine():
     m, sys = host(young=set())
     run(m, guest_access, sys, sys.kvms[0].vcpus[0], 0, False)  # read: A only
     table = leaf_table(sys)
-    assert 0 not in sys.kvms[0].arch.tables.ghost_dirty
+    assert not sys.kvms[0].arch.tables.ghost_dirty[0]
     table[0] = table[0] & ~S.shadow_dirty_mask & ~S.shadow_accessed_mask
     run(m, poke, table)
     assert m.violation is None
@@ -162,7 +163,8 @@ def test_wrong_pfn_breaks_coherence():
     table = leaf_table(sys)
     wrong = S.spte_to_pfn(table[1]) + 7
     table[1] = S.make_spte(wrong, writable=True, ad_enabled=True)
-    sys.kvms[0].arch.tables.ghost_installed[1] = wrong  # so only coherence is violated
+    tables = sys.kvms[0].arch.tables  # so only coherence is violated:
+    tables.ghost_install(1, wrong, dirty=bool(tables.ghost_dirty[1]))
     run(m, poke, table)
     assert kinds(m) == "spte-coherence"
     assert "gfn 1" in m.violation.message
@@ -399,7 +401,7 @@ def test_ept_walk_sets_accessed_and_dirty_with_ad_bits():
     run(m, guest_access, sys, sys.kvms[0].vcpus[0], 1, True)
     assert S.is_dirty_spte(table[1]) and table[1] & S.shadow_accessed_mask
     assert m.violation is None and "vcpu_faults" not in m.counters
-    assert sys.ghost.accessed == [True, True]
+    assert sys.ghost.accessed.tolist() == [True, True]
 
 
 def test_access_tracked_spte_is_restored_by_a_fast_page_fault():
@@ -421,7 +423,7 @@ def test_fault_on_unmapped_page_installs_the_primary_pfn():
     assert m.violation is None
     s = sys.kvms[0].arch.leaf_spte(1)
     assert S.spte_to_pfn(s) == pte_pfn(int(sys.mm.ptes()[1]))
-    assert S.is_dirty_spte(s) and 1 in sys.kvms[0].arch.tables.ghost_dirty
+    assert S.is_dirty_spte(s) and sys.kvms[0].arch.tables.ghost_dirty[1]
     lock = sys.kvms[0].mmu_lock
     assert [st.op.kind for st in m.trace if st.op.obj is lock] == [O.READ_LOCK,
                                                                    O.READ_UNLOCK]

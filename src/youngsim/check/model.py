@@ -70,7 +70,7 @@ def build_system(m: Machine, design: Design | str, mmu: str, npages: int, nvcpus
     sys = System(m, d, mmu, npages, mutant=mutant)
     mm = MM(sys, HVA_BASE, npages, prefault=prefault_primary)
     sys.mm = mm
-    sys.ghost.accessed = [prefault_primary] * npages  # the host's prefault touched them
+    sys.ghost.accessed[:] = prefault_primary  # the host's prefault touched them
     for k in range(nkvms):
         per = slot_pages or npages
         slots = [Memslot(g, min(per, npages - g), HVA_BASE + g * PAGE_SIZE, id=n)
@@ -93,6 +93,22 @@ def prepopulate(sys: System, gfn: int, write: bool = False, young: bool = True) 
         pte = t[i]
         assert pte_present(pte), "prepopulate needs the primary PTE present"
         kvm.arch.prepopulate(gfn, pte_pfn(pte), write, young)
+
+
+def prepopulate_all(sys: System, write: bool = False, young: bool = True) -> None:
+    """Set-up: ``prepopulate`` every gfn of every VM (vectorised where the MMU can:
+    a guest of hundreds of millions of pages)."""
+    step = 1 << 22  # pages per vector write (bounds the temporaries at large sizes)
+    for kvm in sys.kvms:
+        for slot in kvm.memslots:
+            first = (slot.userspace_addr - sys.mm.start) // PAGE_SIZE
+            for k in range(0, slot.npages, step):
+                n = min(step, slot.npages - k)
+                ptes = sys.mm.ptes(first + k, first + k + n)
+                assert bool(np.all(ptes & np.uint64(1))), \
+                    "prepopulate needs the primary PTEs present"
+                kvm.arch.prepopulate_range(slot.base_gfn + k,
+                                           ptes >> np.uint64(PTE_PFN_SHIFT), write, young)
 
 
 def install_invariants(sys: System) -> None:
@@ -121,27 +137,26 @@ def install_invariants(sys: System) -> None:
         for kvm in sys.kvms:
             arch = kvm.arch
             raw, present, pfn, _ = arch.leaf_view()
-            for gi in np.flatnonzero(present):
-                g = int(gi)
-                want = arch.tables.ghost_installed.get(g)
-                if want is None:
+            want = arch.tables.installed_pfns()
+            bad = np.flatnonzero(present & ((want < 0) | (pfn.astype(np.int64) != want)))
+            if len(bad):
+                g = int(bad[0])
+                if want[g] < 0:
                     return f"{kvm.name}: gfn {g}: zapped SPTE resurrected as {int(raw[g]):#x}"
-                if int(pfn[g]) != want:
-                    return (f"{kvm.name}: gfn {g}: SPTE pfn reverted to {int(pfn[g]):#x}, "
-                            f"installed {want:#x}")
-            for g in arch.tables.ghost_installed:
-                if not present[g]:
-                    return f"{kvm.name}: gfn {g}: installed SPTE lost (now {int(raw[g]):#x})"
+                return (f"{kvm.name}: gfn {g}: SPTE pfn reverted to {int(pfn[g]):#x}, "
+                        f"installed {int(want[g]):#x}")
+            lost = np.flatnonzero((want >= 0) & ~present)
+            if len(lost):
+                g = int(lost[0])
+                return f"{kvm.name}: gfn {g}: installed SPTE lost (now {int(raw[g]):#x})"
         return None
 
     def dirty_kept(_: Machine) -> str | None:
         for kvm in sys.kvms:
-            if not kvm.arch.tables.ghost_dirty:
-                continue
             _, present, _, dirty = kvm.arch.leaf_view()
-            for g in kvm.arch.tables.ghost_dirty:
-                if present[g] and not dirty[g]:
-                    return f"{kvm.name}: gfn {g}: the hardware-set dirty bit was lost"
+            bad = np.flatnonzero(kvm.arch.tables.ghost_dirty & present & ~dirty)
+            if len(bad):
+                return f"{kvm.name}: gfn {int(bad[0])}: the hardware-set dirty bit was lost"
         return None
 
     m.invariant("spte-coherence", coherence, watch=watch)

@@ -9,8 +9,9 @@ Model code updates it in the thread-local code right after the operation it desc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..sim import Machine, RcuDomain, Violation
 
@@ -21,17 +22,49 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
 
-@dataclass
 class Ghost:
-    """Ground truth per guest page (indexed by gfn)."""
+    """Ground truth per guest page (indexed by gfn), one byte per page so that a guest
+    of hundreds of millions of pages fits (a Python list would take 8 bytes a page)."""
 
-    npages: int
-    #: the guest touched the page since the aging caller last decided young/old for it
-    accessed: list[bool] = field(default_factory=list)
+    def __init__(self, npages: int, accessed: bool = False) -> None:
+        self.npages = npages
+        #: the guest touched the page since the aging caller last decided young/old for it
+        self.accessed = np.full(npages, accessed, dtype=bool)
 
-    def __post_init__(self) -> None:
-        if not self.accessed:
-            self.accessed = [False] * self.npages
+
+class GfnSet:
+    """The gfns a monitored call saw young (or cleared): single gfns, plus chunks kept as
+    (first gfn, boolean mask) so that a chunked walker records a chunk without building
+    a Python set of its pages. Truth is cheap; iteration builds the set once."""
+
+    def __init__(self) -> None:
+        self._set: set[int] = set()
+        self._chunks: list[tuple[int, np.ndarray]] = []
+
+    def add(self, gfn: int) -> None:
+        self._set.add(gfn)
+
+    def add_mask(self, first: int, mask: np.ndarray) -> None:
+        if mask.any():
+            self._chunks.append((first, mask))
+
+    def _all(self) -> set[int]:
+        for first, mask in self._chunks:
+            self._set.update((first + np.flatnonzero(mask)).tolist())
+        self._chunks.clear()
+        return self._set
+
+    def __bool__(self) -> bool:
+        return bool(self._set) or bool(self._chunks)
+
+    def __iter__(self) -> Any:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __contains__(self, gfn: object) -> bool:
+        return gfn in self._all()
 
 
 class System:
@@ -71,7 +104,7 @@ class System:
     # subscriber ran and which path it took. Records nest (walker, then subscriber).
     def begin_call(self) -> dict[str, Any]:
         t = self.m.current
-        rec: dict[str, Any] = {"young": set(), "cleared": set(), "subscribers": [],
+        rec: dict[str, Any] = {"young": GfnSet(), "cleared": GfnSet(), "subscribers": [],
                                "paths": []}
         if t is not None:
             self._calls.setdefault(t.tid, []).append(rec)
@@ -94,6 +127,16 @@ class System:
         """The running thread's clear removed the accessed state of ``gfn``."""
         for rec in self._records():
             rec["cleared"].add(gfn)
+
+    def ghost_seen_young_many(self, first: int, mask: np.ndarray) -> None:
+        """``ghost_seen_young`` for a chunk: gfn ``first + k`` wherever ``mask[k]``."""
+        for rec in self._records():
+            rec["young"].add_mask(first, mask)
+
+    def ghost_cleared_many(self, first: int, mask: np.ndarray) -> None:
+        """``ghost_cleared`` for a chunk: gfn ``first + k`` wherever ``mask[k]``."""
+        for rec in self._records():
+            rec["cleared"].add_mask(first, mask)
 
     def ghost_note(self, key: str, value: Any) -> None:
         for rec in self._records():

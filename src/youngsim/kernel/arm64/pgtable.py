@@ -311,7 +311,7 @@ class Stage2Pgtable(TwoLevelTables):
         """Make the page writable for a permission fault on a write."""
         ret, _ = yield from self._update_leaf_attrs_shared(gfn, S2AP_W)
         if ret == RET_PF_FIXED:
-            self.ghost_dirty.add(gfn)  # the write fault made it dirty
+            self.ghost_dirty[gfn] = True  # the write fault made it dirty
         return ret
 
     # -- the hardware ----------------------------------------------------------------
@@ -345,7 +345,7 @@ class Stage2Pgtable(TwoLevelTables):
             old = yield cas(table, li, s, new, cost="hw_ad_update")
             if old == s:
                 if write:
-                    self.ghost_dirty.add(gfn)
+                    self.ghost_dirty[gfn] = True
                 return True, 0
 
     # -- exclusive side (mmu_lock held for write) -----------------------------------

@@ -8,7 +8,17 @@ What differs per MMU is only the entry format, which a subclass gives with
 
 Also shared: the ghost bookkeeping the SPTE invariants read (``check/model.py``): which
 pfn each legitimate writer installed per gfn, and which gfns' current entries the
-hardware (or a write fault) made dirty.
+hardware (or a write fault) made dirty. Both are numpy arrays indexed by gfn (a few bytes
+a page, allocated lazily by the OS where never written), so a guest of hundreds of
+millions of pages fits.
+
+Scenario set-up (``setup_leaf_table``) lays the leaf tables it creates out back to back
+in one *arena* (a ``Words`` of ``nroot x leaf_entries`` words, leaf table ``ri`` its slice
+``[ri x leaf_entries, (ri + 1) x leaf_entries)``, so arena index = gfn). A walker whose
+``chunk`` is larger than a leaf table may then read a run of root entries with one
+vector load and age the stretches still linking set-up's tables (``arena_links``) with
+one vector operation on the arena each. Tables a fault allocates at run time are
+separate objects; walkers take them one by one.
 """
 
 from __future__ import annotations
@@ -31,8 +41,17 @@ class TwoLevelTables:
         self.leaf_entries = leaf_entries
         nroot = max(1, (npages + leaf_entries - 1) // leaf_entries)
         self.root = sys.m.new_words(root_name, nroot, tag="spt")
-        self.ghost_installed: dict[int, int] = {}  # gfn -> pfn legitimately installed
-        self.ghost_dirty: set[int] = set()  # gfns whose current entry was made dirty
+        #: per gfn: 1 + the pfn a legitimate writer installed, 0 if none (zero for "none"
+        #: keeps the array lazily allocated); read it with ``installed_pfn(s)``
+        self._ghost_installed = np.zeros(npages, dtype=np.int64)
+        #: per gfn: the current entry was made dirty (by hardware or a write fault)
+        self.ghost_dirty = np.zeros(npages, dtype=bool)
+        #: set-up's leaf tables, back to back (created with the first one)
+        self.arena: Any = None
+        #: per root index, the entry set-up linked for its arena table (0: none). A
+        #: root entry equal to it links that table, live: tables are unlinked before
+        #: they are freed, and a freed table's address is never handed out again
+        self.arena_links = np.zeros(0, dtype=np.uint64)
 
     # -- the entry format (per MMU) --------------------------------------------------
     def entry_present(self, entry: int) -> bool:
@@ -78,10 +97,16 @@ class TwoLevelTables:
         created and linked as a past fault would have if there is none."""
         e = self.root[ri]
         if not self.entry_present(e):
-            t = self.sys.m.new_words(f"{self.table_prefix}{ri}", self.leaf_entries,
-                                     tag="spt")
+            n = self.leaf_entries
+            if self.arena is None:
+                self.arena = self.sys.m.new_words(f"{self.table_prefix}arena",
+                                                  len(self.root) * n, tag="spt")
+                self.arena_links = np.zeros(len(self.root), dtype=np.uint64)
+            t = self.sys.m.new_words(f"{self.table_prefix}{ri}", n, tag="spt",
+                                     data=self.arena.data[ri * n:(ri + 1) * n])
             e = self.link_entry(t.addr)
             self.root[ri] = e
+            self.arena_links[ri] = e
         return self.child(e)
 
     def leaf_entries_now(self) -> np.ndarray:
@@ -109,18 +134,29 @@ class TwoLevelTables:
         return None if table.freed else table[li]
 
     # -- ghost bookkeeping (thread-local code right after the operation it describes) --
+    def installed_pfn(self, gfn: int) -> int | None:
+        """The pfn legitimately installed for ``gfn``, None if none is."""
+        v = int(self._ghost_installed[gfn])
+        return v - 1 if v else None
+
+    def installed_pfns(self) -> np.ndarray:
+        """``installed_pfn`` of every gfn, -1 where none is."""
+        return self._ghost_installed - 1
+
     def ghost_install(self, gfn: int, pfn: int, dirty: bool = False) -> None:
         """A fault (or set-up) legitimately installed ``pfn`` for ``gfn``."""
-        self.ghost_installed[gfn] = pfn
-        if dirty:
-            self.ghost_dirty.add(gfn)
-        else:
-            self.ghost_dirty.discard(gfn)
+        self._ghost_installed[gfn] = pfn + 1
+        self.ghost_dirty[gfn] = dirty
+
+    def ghost_install_range(self, lo: int, pfns: np.ndarray, dirty: bool = False) -> None:
+        """``ghost_install`` for gfns ``lo, lo + 1, ...`` (set-up of a large guest)."""
+        self._ghost_installed[lo:lo + len(pfns)] = pfns + 1
+        self.ghost_dirty[lo:lo + len(pfns)] = dirty
 
     def ghost_zap(self, gfn: int, was_young: bool, why: str = "young_dropped_at_zap"
                   ) -> None:
         """A zap legitimately removed ``gfn``'s entry; count a young bit it dropped."""
-        self.ghost_installed.pop(gfn, None)
-        self.ghost_dirty.discard(gfn)
+        self._ghost_installed[gfn] = 0
+        self.ghost_dirty[gfn] = False
         if was_young:
             self.sys.count(why)

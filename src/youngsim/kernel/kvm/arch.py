@@ -7,7 +7,7 @@ methods of one class per MMU variant (``x86/mmu.py``, ``x86/shadow_mmu.py``,
 
 Model-side extras (not kernel hooks) that the checker's invariants and scenarios use:
 ``leaf_view``, ``prepopulate``, ``zap_leaf_table``, and ``tables`` (the page tables,
-with the ghost bookkeeping: ``tables.ghost_installed``, ``tables.ghost_dirty``).
+with the ghost bookkeeping: ``tables.installed_pfn(s)``, ``tables.ghost_dirty``).
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ class KvmArchMmu:
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Set-up: map ``gfn`` as a past fault left it."""
         raise NotImplementedError
+
+    def prepopulate_range(self, lo: int, pfns: Any, write: bool, young: bool) -> None:
+        """Set-up: ``prepopulate`` gfns ``lo, lo + 1, ...`` with ``pfns`` (an MMU may do
+        it with vector operations, for large guests)."""
+        for k, pfn in enumerate(pfns.tolist()):
+            self.prepopulate(lo + k, pfn, write, young)
 
     def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
         """Unlink and free leaf table ``idx`` as the MMU does (mmu_lock held for write);

@@ -8,6 +8,10 @@ the leaves matter).
 The rmap is the reverse map a reclaim caller walks (``folio_referenced``): for each folio
 (pfn) the address it is mapped at in this mm. One mm, one VMA: enough for a VM's memory,
 which QEMU maps once.
+
+The leaf tables are views of one array (the *arena*) and the rmap is a numpy array
+indexed by pfn, and a host prefault fills both with vector operations, so that an mm of
+hundreds of millions of pages can be built (``benchmarks/bench_aging_scale.py``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,61 @@ def mk_pte(pfn: int, write: bool) -> int:
     return pte
 
 
+class Rmap:
+    """pfn -> the address its folio is mapped at in this mm, absent if none: the part of
+    ``folio->mapping``/``folio->index`` plus the VMA that ``rmap_walk`` needs. A growable
+    array indexed by pfn (the folio allocator hands pfns out in order) holding the
+    address + 1, so 0 means "not mapped"; it supports the dict operations the model uses."""
+
+    def __init__(self) -> None:
+        self._addr = np.zeros(1024, dtype=np.int64)
+
+    def _reserve(self, end: int) -> None:
+        if end > len(self._addr):
+            grown = np.zeros(max(end, 2 * len(self._addr)), dtype=np.int64)
+            grown[:len(self._addr)] = self._addr
+            self._addr = grown
+
+    def get(self, pfn: int, default: int | None = None) -> int | None:
+        v = int(self._addr[pfn]) if 0 <= pfn < len(self._addr) else 0
+        return v - 1 if v else default
+
+    def __getitem__(self, pfn: int) -> int:
+        v = self.get(pfn)
+        if v is None:
+            raise KeyError(pfn)
+        return v
+
+    def __setitem__(self, pfn: int, addr: int) -> None:
+        self._reserve(pfn + 1)
+        self._addr[pfn] = addr + 1
+
+    def __delitem__(self, pfn: int) -> None:
+        self[pfn]  # KeyError if absent, as a dict would
+        self._addr[pfn] = 0
+
+    def __contains__(self, pfn: object) -> bool:
+        return isinstance(pfn, int) and self.get(pfn) is not None
+
+    def __iter__(self) -> Any:
+        return iter(np.flatnonzero(self._addr).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._addr))
+
+    def values(self) -> list[int]:
+        return (self._addr[np.flatnonzero(self._addr)] - 1).tolist()
+
+    def items(self) -> list[tuple[int, int]]:
+        pfns = np.flatnonzero(self._addr)
+        return list(zip(pfns.tolist(), (self._addr[pfns] - 1).tolist()))
+
+    def set_range(self, pfn: int, addrs: np.ndarray) -> None:
+        """Map pfns ``pfn, pfn + 1, ...`` at ``addrs`` (a prefault)."""
+        self._reserve(pfn + len(addrs))
+        self._addr[pfn:pfn + len(addrs)] = addrs + 1
+
+
 class MM:
     """``struct mm_struct`` with a single anonymous/shmem VMA ``[start, start + n pages)``."""
 
@@ -64,13 +123,15 @@ class MM:
         self.npages = npages
         self.end = start + npages * PAGE_SIZE
         ntables = (npages + PTRS_PER_PTE - 1) // PTRS_PER_PTE
-        n = min(npages, PTRS_PER_PTE)
-        self.pte_tables = [sys.m.new_words(f"pte{i}", n if ntables == 1 else PTRS_PER_PTE,
-                                           tag="pte") for i in range(ntables)]
+        n = min(npages, PTRS_PER_PTE) if ntables == 1 else PTRS_PER_PTE
+        self._pte_arena = np.zeros(ntables * n, dtype=np.uint64)
+        self.pte_tables = [sys.m.new_words(f"pte{i}", n, tag="pte",
+                                           data=self._pte_arena[i * n:(i + 1) * n])
+                           for i in range(ntables)]
         self.subscriptions: list[Any] = []  # struct mmu_notifier_subscriptions
         self.srcu = RcuDomain(MMU_NOTIFIER_SRCU, sleepable=True)
         self.next_pfn = 0x100  # folio allocator: pfns handed out in order
-        self.rmap: dict[int, int] = {}  # pfn -> address mapped at
+        self.rmap = Rmap()
         #: pages whose folio is outside the reclaim scope (another memcg): the aging
         #: walk must leave them alone (``get_pfn_folio`` returns NULL)
         self.out_of_scope: set[int] = set()
@@ -81,14 +142,18 @@ class MM:
         self.swap: Any = None
         self.lru: Any = None
         if prefault:  # host-prefaulted guest memory (as the kernel selftests do)
-            for i in range(npages):
-                t, idx = self.pte_slot(start + i * PAGE_SIZE)
-                pfn = self.alloc_pfn(start + i * PAGE_SIZE)
-                t[idx] = mk_pte(pfn, write=True)
+            # alloc_pfn + mk_pte(pfn, write=True) for every page, in address order
+            pfns = np.arange(self.next_pfn, self.next_pfn + npages, dtype=np.uint64)
+            self.rmap.set_range(self.next_pfn,
+                                start + np.arange(npages, dtype=np.int64) * PAGE_SIZE)
+            self.next_pfn += npages
+            self._pte_arena[:npages] = ((pfns << np.uint64(PTE_PFN_SHIFT))
+                                        | np.uint64(mk_pte(0, write=True)))
 
-    def ptes(self) -> "np.ndarray":
-        """Every page's primary PTE, for invariants (a plain read between steps)."""
-        return np.concatenate([t.data for t in self.pte_tables])[:self.npages]
+    def ptes(self, lo: int = 0, hi: int | None = None) -> "np.ndarray":
+        """Pages ``[lo, hi)``'s primary PTEs (default: all), for invariants and set-up
+        (a plain read between steps)."""
+        return self._pte_arena[lo:self.npages if hi is None else hi].copy()
 
     def pte_slot(self, addr: int) -> tuple[Any, int]:
         i = (addr - self.start) >> PAGE_SHIFT

@@ -66,9 +66,10 @@ def _walk(mm: "MM", op_name: str, *args: Any) -> Gen:
             r = yield from fn(mn, mm, *args)
             if rec is not None:
                 mm.sys.end_call()
-                mm.sys.contract(not rec["cleared"] or r,
-                                f"{op_name}: cleared young pages {sorted(rec['cleared'])} "
-                                "of a secondary MMU but returned 0")
+                if rec["cleared"] and not r:  # (the message lists them: only then)
+                    mm.sys.contract(False, f"{op_name}: cleared young pages "
+                                    f"{sorted(rec['cleared'])} of a secondary MMU but "
+                                    "returned 0")
             ret |= r
     yield rcu_read_unlock(mm.srcu, cost="srcu_read_unlock")
     return ret

@@ -36,7 +36,7 @@ def ept_walk(tables: TwoLevelTables, gfn: int, write: bool) -> Gen:
         old = yield cas(table, li, s, new, cost="hw_ad_update")
         if old == s:
             if write:
-                tables.ghost_dirty.add(gfn)
+                tables.ghost_dirty[gfn] = True
             return True
 
 

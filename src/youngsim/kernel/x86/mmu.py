@@ -83,5 +83,8 @@ class X86TdpMmu(KvmArchMmu):
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         self.tdp.prepopulate(gfn, pfn, write, young)
 
+    def prepopulate_range(self, lo: int, pfns: Any, write: bool, young: bool) -> None:
+        self.tdp.prepopulate_range(lo, pfns, write, young)
+
     def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
         return (yield from self.tdp.zap_leaf_table(kvm, idx))

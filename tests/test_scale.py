@@ -1,0 +1,140 @@
+"""The large-guest paths: arena-backed leaf tables, vectorised set-up, and the TDP MMU's
+run mode (a chunk larger than a leaf table ages a stretch of set-up's tables with one
+vector operation on the arena). Each must give the same model state as the per-table
+path the checker explores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from youngsim.check.model import build_system, prepopulate, prepopulate_all
+from youngsim.kernel.hw.vcpu import guest_access
+from youngsim.kernel.mm.mm import Rmap
+from youngsim.kernel.x86 import spte as S
+from youngsim.sim import Machine, write_lock, write_unlock
+
+PER = S.PT_ENTRIES
+
+
+def finish(m: Machine, fn: Any, *args: Any) -> Any:
+    out: list[Any] = []
+
+    def body() -> Any:
+        out.append((yield from fn(*args)))
+
+    tid = m.spawn(body, name="t")
+    t = m.threads[tid]
+    while not t.done:
+        assert m.violation is None and m.enabled(tid)
+        m.step(tid)
+    assert m.violation is None
+    return out[0] if out else None
+
+
+def host(design: str, npages: int, chunk: int) -> Any:
+    m = Machine()
+    sys = build_system(m, design, "x86-tdp", npages=npages, nvcpus=1, chunk=chunk)
+    m.invariants.clear()  # checked explicitly below, once, instead of after every write
+    return m, sys
+
+
+def test_prepopulate_all_matches_prepopulate_per_gfn():
+    for write, young in ((False, True), (True, False)):
+        _, a = host("upstream", 3 * PER + 7, 1)
+        _, b = host("upstream", 3 * PER + 7, 1)
+        prepopulate_all(a, write=write, young=young)
+        for g in range(3 * PER + 7):
+            prepopulate(b, g, write=write, young=young)
+        ta, tb = a.kvms[0].arch.tables, b.kvms[0].arch.tables
+        assert np.array_equal(ta.leaf_entries_now(), tb.leaf_entries_now())
+        assert np.array_equal(ta.installed_pfns(), tb.installed_pfns())
+        assert np.array_equal(ta.ghost_dirty, tb.ghost_dirty)
+        # set-up's tables are views of one arena, gfn = arena index
+        assert np.array_equal(ta.arena.data[:3 * PER + 7], ta.leaf_entries_now())
+
+
+def test_rmap_behaves_as_the_dict_it_replaced():
+    r = Rmap()
+    r[5000] = 0x7F0000001000
+    r.set_range(10, np.array([0, 4096], dtype=np.int64))
+    assert r[5000] == 0x7F0000001000 and r.get(11) == 4096 and r.get(12) is None
+    assert 10 in r and 12 not in r and len(r) == 3 and sorted(r) == [10, 11, 5000]
+    del r[10]
+    with pytest.raises(KeyError):
+        del r[10]
+    with pytest.raises(KeyError):
+        r[10]
+    assert r.items() == [(11, 4096), (5000, 0x7F0000001000)]
+
+
+def setup_state(sys: Any, seed: int, zap: list[int], refault: list[int]) -> None:
+    """Set-up shared by both hosts: every page mapped, a random subset young, some leaf
+    tables zapped (freed after RCU), a few gfns faulted back in (run-time tables)."""
+    prepopulate_all(sys, write=False, young=True)
+    tables = sys.kvms[0].arch.tables
+    rng = np.random.default_rng(seed)
+    old = rng.random(sys.mm.npages) < 0.5
+    tables.arena.data[:sys.mm.npages][old] &= np.uint64(~S.shadow_accessed_mask & S.MASK)
+    kvm = sys.kvms[0]
+
+    def zapper() -> Any:
+        yield write_lock(kvm.mmu_lock)
+        for ri in zap:
+            yield from kvm.arch.zap_leaf_table(kvm, ri)
+        yield write_unlock(kvm.mmu_lock)
+
+    finish(sys.m, zapper)
+    for g in refault:
+        finish(sys.m, guest_access, sys, kvm.vcpus[0], g, True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(design=st.sampled_from(["upstream", "upstream-6.12", "yu-v2", "reviewed", "legacy"]),
+       ntables=st.integers(1, 5), tail=st.integers(0, PER - 1), seed=st.integers(0, 2**16),
+       run=st.sampled_from([2, 3, 8]), data=st.data())
+def test_run_mode_ages_exactly_as_the_per_table_walk(design, ntables, tail, seed, run, data):
+    npages = max(1, (ntables - 1) * PER + tail)
+    nroot = (npages + PER - 1) // PER
+    zap = data.draw(st.lists(st.integers(0, nroot - 1), unique=True, max_size=nroot))
+    refault = data.draw(st.lists(st.sampled_from([ri * PER + k for ri in zap
+                                                  for k in (0, 3) if ri * PER + k < npages]),
+                                 unique=True, max_size=3)) if zap else []
+    results = []
+    for chunk in (PER, run * PER):
+        m, sys = host(design, npages, chunk)
+        setup_state(sys, seed, zap, refault)
+        mm = sys.mm
+        ret = finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+        arch = sys.kvms[0].arch
+        results.append((bool(ret), arch.tables.leaf_entries_now(),
+                        arch.tables.ghost_lockless_clears.copy(), dict(m.counters)))
+    (r0, e0, c0, n0), (r1, e1, c1, n1) = results
+    assert r0 == r1
+    assert np.array_equal(e0, e1)
+    assert np.array_equal(c0, c1)
+    assert n0 == n1
+    # and the pass did its job: nothing still young
+    assert not (e1 & np.uint64(S.shadow_accessed_mask)).any()
+
+
+def test_run_mode_uses_one_vector_operation_per_stretch():
+    m, sys = host("upstream", 8 * PER, 4 * PER)
+    prepopulate_all(sys)
+    mm = sys.mm
+    counts: dict[str, int] = {}
+    step = m.step
+
+    def counting(tid: int) -> None:
+        op = m.threads[tid].pending
+        counts[op.cost] = counts.get(op.cost, 0) + 1
+        step(tid)
+
+    m.step = counting  # type: ignore[method-assign]
+    assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+    # 8 tables in runs of 4: two root loads, two arena loads, two fetch-ands
+    assert counts["spte_read"] == 4 and counts["spte_clear_young"] == 2

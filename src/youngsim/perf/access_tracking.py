@@ -22,8 +22,10 @@ How it is built
 ---------------
 - The host is ``check.model.build_system`` with the primary MMU prefaulted (the
   selftest's memslot is host-prefaulted); the vCPU threads run ``hw.vcpu.guest_access``
-  and the aging pass is ``vmscan.walk_pte_range`` once per leaf page table (per PMD, as
-  ``walk_mm`` does): the same kernel code the checker explores, nothing re-implemented.
+  and the aging pass is ``reclaim.walk_mm`` (``vmscan.walk_pte_range`` once per leaf page
+  table), as the selftest's ``lru_gen`` debugfs write runs it (``run_aging`` ->
+  ``try_to_inc_max_seq`` -> ``walk_mm``; the scenario has no LRU lists, so only the walk
+  runs): the same kernel code the checker explores, nothing re-implemented.
 - Phases are synchronised *inside the model*, with operations on a harness control word
   array (``perf.ctl``): a main thread (the selftest's main thread) kicks a phase by
   storing its number in a "go" word, every vCPU waits for it with ``wait_until``, runs
@@ -78,9 +80,8 @@ from ..check.model import build_system
 from ..kernel.arm64 import pgtable as P
 from ..kernel.arm64.mmu import Arm64Stage2Mmu
 from ..kernel.hw.vcpu import guest_access
-from ..kernel.mm.mm import PTRS_PER_PTE
-from ..kernel.mm.vmscan import walk_pte_range
-from ..kernel.system import PAGE_SIZE, System
+from ..kernel.mm.reclaim import walk_mm
+from ..kernel.system import PAGE_SIZE
 from ..kernel.x86 import spte as S
 from ..sim import Machine, Op, fetch_add, load, store, vstore, wait_until
 from ..sim.costmodel import CostModel
@@ -154,14 +155,6 @@ def secondary_young(arch: Any) -> np.ndarray:
     raw = arch.leaf_view()[0]
     pred = P.kvm_pte_young if isinstance(arch, Arm64Stage2Mmu) else S.is_accessed_spte
     return np.fromiter((pred(int(x)) for x in raw), dtype=bool, count=len(raw))
-
-
-def aging_pass(sys: System) -> Gen:
-    """One MGLRU aging pass over all guest memory: ``walk_pte_range`` per leaf table."""
-    mm = sys.mm
-    step = PTRS_PER_PTE * PAGE_SIZE
-    for a in range(mm.start, mm.end, step):
-        yield from walk_pte_range(sys, mm, a, min(mm.end, a + step))
 
 
 class _Harness:
@@ -241,7 +234,7 @@ class _Harness:
         for k, (name, kind) in enumerate(self.phases):
             yield from stamp(f"kick:{k}")
             if kind == "idle":
-                yield from aging_pass(self.sys)
+                yield from walk_mm(self.sys, self.sys.mm)
                 yield from stamp(f"end:{k}:main")
                 self.check_idle(k)
             else:
@@ -263,7 +256,7 @@ class _Harness:
                 return
             n = self.passes
             yield from stamp(f"pass:{n}:start")
-            yield from aging_pass(self.sys)
+            yield from walk_mm(self.sys, self.sys.mm)
             yield from stamp(f"pass:{n}:end")
             self.passes += 1
 

@@ -46,7 +46,7 @@ class GfnSet:
 
     def add_mask(self, first: int, mask: np.ndarray) -> None:
         if mask.any():
-            self._chunks.append((first, mask))
+            self._chunks.append((first, mask.copy()))  # the caller may reuse its mask
 
     def _all(self) -> set[int]:
         for first, mask in self._chunks:

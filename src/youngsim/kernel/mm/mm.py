@@ -93,7 +93,7 @@ class Rmap:
         self._addr[pfn] = 0
 
     def __contains__(self, pfn: object) -> bool:
-        return isinstance(pfn, int) and self.get(pfn) is not None
+        return isinstance(pfn, (int, np.integer)) and self.get(int(pfn)) is not None
 
     def __iter__(self) -> Any:
         return iter(np.flatnonzero(self._addr).tolist())

@@ -19,9 +19,10 @@ from youngsim.kernel.hw.vcpu import guest_access
 from youngsim.kernel.mm.lru_classic import (FOLIOREF_ACTIVATE, FOLIOREF_KEEP,
                                             FOLIOREF_RECLAIM, LRU_ACTIVE_ANON,
                                             LRU_INACTIVE_ANON, ClassicLruvec, ScanControl,
-                                            inactive_ratio, prepare_scan_count,
-                                            shrink_active_list, shrink_inactive_list,
-                                            shrink_lruvec)
+                                            inactive_ratio, move_folios_to_lru,
+                                            prepare_scan_count, shrink_active_list,
+                                            shrink_inactive_list, shrink_lruvec,
+                                            snapshot_refaults)
 from youngsim.kernel.mm.mm import pte_pfn
 from youngsim.kernel.mm.page_alloc import KSWAPD, KSWAPD_STOP, KSWAPD_WAKE, SWAP_CLUSTER_MAX
 from youngsim.kernel.mm.reclaim import (Lruvec, enable_reclaim, folio_check_references,
@@ -74,6 +75,50 @@ def test_new_and_swapped_in_folios_join_the_inactive_head_marked_referenced():
     with pytest.raises(AssertionError, match="already on"):
         lru.lruvec_add_folio(1, INACTIVE)
     check_lists(lru)
+
+
+def test_refault_distance_decides_whether_a_swap_in_is_activated():
+    """workingset_eviction/workingset_refault: the shadow is the non-resident age at
+    eviction; a refault whose distance (evictions and activations since) is at most
+    the active anon list's size goes straight to the active list and ages the counter."""
+    lru = ClassicLruvec()
+    for pfn in range(3):
+        lru.lruvec_add_folio(pfn, ACTIVE)  # a workingset of 3 active folios
+    shadows = [lru.workingset_eviction(100 + k) for k in range(5)]  # 5 evictions
+    assert shadows == [1, 2, 3, 4, 5] and lru.nonresident_age == 5
+    # shadow 1: distance 4 > 3 active folios -> inactive; shadow 3: distance 2 -> active
+    list(lru.folio_add_lru(200, True, shadows[0]))
+    list(lru.folio_add_lru(201, True, shadows[2]))
+    assert lru.folio_lru[200] == INACTIVE and lru.folio_lru[201] == ACTIVE
+    assert lru.nonresident_age == 6  # the activation aged it
+    assert lru.stats["refaults"] == 2 and lru.stats["refault_activated"] == 1
+    # a new folio, or a swap-in without a shadow, is never activated
+    list(lru.folio_add_lru(202, False, shadows[4]))
+    list(lru.folio_add_lru(203, True, None))
+    assert lru.folio_lru[202] == lru.folio_lru[203] == INACTIVE
+    assert lru.stats["refaults"] == 2
+    check_lists(lru)
+
+
+def test_move_to_the_active_list_ages_and_refaults_trigger_deactivation():
+    lru = ClassicLruvec()
+    for pfn in range(4):
+        lru.lruvec_add_folio(pfn, INACTIVE)
+    lru.lruvec_add_folio(9, ACTIVE)
+    folios = lru.isolate(2, INACTIVE)
+    list(move_folios_to_lru(lru, [(folios[0], ACTIVE), (folios[1], INACTIVE)]))
+    assert lru.nonresident_age == 1  # one activation
+    sc = ScanControl()
+    prepare_scan_count(lru, sc)
+    assert not sc.may_deactivate  # 2 inactive, 2 active: not low, no refaults
+    lru.lruvec_add_folio(50, ACTIVE)
+    assert lru.workingset_refault(lru.nonresident_age)  # distance 0: activated
+    prepare_scan_count(lru, sc)
+    assert sc.may_deactivate  # "a new workingset is being established"
+    snapshot_refaults(lru)
+    prepare_scan_count(lru, sc)
+    assert not sc.may_deactivate
+    snapshot_refaults(Lruvec())  # MGLRU's lists: nothing to snapshot
 
 
 @pytest.mark.parametrize("pages,ratio", [(0, 1), ((1 << 18) - 1, 1), (1 << 18, 3),
@@ -249,7 +294,9 @@ def test_shrink_lists_activate_keep_deactivate_and_evict():
     assert s3 == ([], [p[3], p[4], p[5], p[6], p[7]], 3)
     st_ = lru.stats
     assert st_ == {"isolated": 11, "activated": 7, "kept": 1, "evicted": 3, "refill": 2,
-                   "deactivated": 2}
+                   "deactivated": 2, "refaults": 0, "refault_activated": 0}
+    # evictions and the activations put on the active list aged the non-resident age
+    assert lru.nonresident_age == 3 + 7
     for g in (0, 1, 2):  # evicted: swap entries, rmap dropped, off the LRU
         t, i = sys.mm.pte_slot(sys.mm.start + g * PAGE_SIZE)
         assert is_swap_pte(int(t.data[i])) and p[g] not in sys.mm.rmap
@@ -401,6 +448,9 @@ def test_kswapd_and_direct_reclaim_with_the_classic_lru():
                          "try_to_inc_max_seq", "evict_folios"}
     assert "walk_pages" not in r.counters and "look_around_pages" not in r.counters
     assert r.counters["direct_reclaim"] > 0
+    # refaults carried the shadows eviction left; slots in use keep theirs
+    assert s["refaults"] == r.counters["swap_ins"] and s["refault_activated"] >= 0
+    assert set(mm.swap.shadows) <= {int(p) >> 12 for p in ptes if is_swap_pte(int(p))}
     direct = [stk for stk in r.profile.samples if "try_to_free_pages" in stk]
     assert all(stk[0] == "[vcpu]" for stk in direct)
     assert any("shrink_inactive_list" in stk for stk in direct)

@@ -229,7 +229,8 @@ def render(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
         if "lru_classic" in rc:
             lc = rc["lru_classic"]
             kept = (f"{lc['activated']} activated, {lc['kept']} kept inactive, "
-                    f"{lc['deactivated']} deactivated")
+                    f"{lc['deactivated']} deactivated, {lc['refault_activated']} refaults "
+                    "activated")
         else:
             lc = rc["lru_gen"]
             kept = f"{lc['activated']} kept referenced"

@@ -284,7 +284,9 @@ def render(res: MgmResult) -> str:
         out.append(f"reclaim: {lc['evicted']} pages evicted, {rc['swap_reads']} swapped back "
                    f"in, {lc['activated']} activated and {lc['kept']} kept on the inactive "
                    f"list as referenced, {lc['deactivated']} deactivated from the active "
-                   f"list, {rc['direct_reclaims']} direct reclaims by faulting vCPUs; at the "
+                   f"list, {lc['refault_activated']} of {lc['refaults']} refaults activated "
+                   f"(refault distance), {rc['direct_reclaims']} direct reclaims by faulting "
+                   f"vCPUs; at the "
                    f"end {ls[LRU_INACTIVE_ANON]} inactive, {ls[LRU_ACTIVE_ANON]} active")
     else:
         lg = rc["lru_gen"]

@@ -21,10 +21,17 @@ generations. Kernel behaviour modelled (as in Linux 6.1-6.4, the v1 series' base
   ``folio_add_lru`` sets ``PG_referenced`` too (its cost is folded into ``lru_add``, as
   MGLRU's ``folio_inc_refs`` is). A fault on a present PTE is ``hva_to_pfn_fast`` (GUP
   fast, no ``mark_page_accessed``) and does not come here.
-- **Swap-ins** (``do_swap_page``, also under GUP): the inactive list head with
-  ``PG_referenced``, like a new folio. ``workingset_refault`` would activate a folio
-  whose refault distance is below the active list's size; refault distances are not
-  modelled (as on the MGLRU side), so a refault is never activated at once.
+- **Swap-ins** (``do_swap_page``, also under GUP): like a new folio (inactive head,
+  ``PG_referenced``), unless ``workingset_refault`` activates it (``mm/workingset.c``,
+  anon detection since 5.9, commit aae466b0052e): the lruvec's ``nonresident_age``
+  counts evictions and activations; eviction leaves the counter's value as a shadow
+  entry in the swap cache (``workingset_eviction``, from ``__remove_mapping``); at the
+  refault the *refault distance* is the counter's advance since then, and a folio whose
+  distance is at most the workingset size (for anon with swap available: the active
+  anon list; the file lists are empty here) goes to the active list at once and ages
+  the counter. ``move_folios_to_lru`` ages it for every folio it puts on the active
+  list. Not modelled: the ``PG_workingset`` flag (it feeds statistics and PSI, not
+  placement) and the bucket order of the packed shadow (exact counts here).
 - **shrink_lruvec** (from ``shrink_node`` -> ``shrink_node_memcgs``, one lruvec here):
   ``get_scan_count`` targets ``size >> priority`` folios of each list; batches of
   ``SWAP_CLUSTER_MAX`` alternate between the lists (``for_each_evictable_lru``) while
@@ -57,9 +64,8 @@ Simplified, and why: the lists are Python dicts (``struct list_head``) changed b
 operations, as MGLRU's generations are, with ``lru_lock`` not modelled as a lock
 (isolation hands each folio to one reclaimer); ``PG_referenced`` is kept here, the model
 having no ``struct folio``; ``folio_referenced`` never fails a trylock (no rotation on
-rmap lock contention); ``prepare_scan_count``'s "refaults since last time"
-deactivation trigger cannot fire (no refault activations), nor can
-``force_deactivate`` (do_try_to_free_pages' retry after ``skipped_deactivate``);
+rmap lock contention); ``force_deactivate`` (do_try_to_free_pages' retry after
+``skipped_deactivate``) is not modelled;
 ``too_many_isolated`` throttling of direct reclaimers and ``kswapd_failures`` are not
 modelled (nor are they on the MGLRU side); the counter reads of ``get_scan_count`` and
 ``inactive_is_low`` are not charged (MGLRU's ``should_run_aging`` is not either); the
@@ -122,7 +128,13 @@ class ClassicLruvec:
         #: ``PG_referenced`` of each folio (a folio flag; the model has no struct folio)
         self.referenced: set[int] = set()
         self.stats = {"isolated": 0, "activated": 0, "kept": 0, "evicted": 0,
-                      "refill": 0, "deactivated": 0}
+                      "refill": 0, "deactivated": 0, "refaults": 0,
+                      "refault_activated": 0}
+        #: ``lruvec->nonresident_age``: evictions and activations so far
+        self.nonresident_age = 0
+        #: ``lruvec->refaults[WORKINGSET_ANON]``: refault activations when the last
+        #: reclaim ended (``snapshot_refaults``)
+        self.refaults_snapshot = 0
 
     def nr_folios(self) -> int:
         """Folios on either list (isolated ones are not)."""
@@ -138,13 +150,36 @@ class ClassicLruvec:
         self.lists[lru][pfn] = None
         self.folio_lru[pfn] = lru
 
-    def folio_add_lru(self, pfn: int, swapcache: bool) -> Gen:
-        """``folio_add_lru`` of a folio KVM faulted in (new, or read back from swap: the
-        same list): the inactive head, then GUP's ``mark_page_accessed`` sets
-        ``PG_referenced`` (module docstring)."""
+    def folio_add_lru(self, pfn: int, swapcache: bool, shadow: int | None = None) -> Gen:
+        """``folio_add_lru`` of a folio KVM faulted in: the inactive head, or the active
+        one if it was read back from swap and ``workingset_refault`` on its ``shadow``
+        says so; then GUP's ``mark_page_accessed`` sets ``PG_referenced`` (module
+        docstring). The refault check's few loads are folded into ``lru_add``."""
         yield nop(cost="lru_add")
-        self.lruvec_add_folio(pfn, LRU_INACTIVE_ANON)
+        lru = LRU_INACTIVE_ANON
+        if swapcache and shadow is not None and self.workingset_refault(shadow):
+            lru = LRU_ACTIVE_ANON
+        self.lruvec_add_folio(pfn, lru)
         self.referenced.add(pfn)
+
+    def workingset_age_nonresident(self, nr_pages: int = 1) -> None:
+        self.nonresident_age += nr_pages
+
+    def workingset_eviction(self, pfn: int) -> int | None:
+        """``workingset_eviction``: age the counter, return the shadow to leave."""
+        self.workingset_age_nonresident()
+        return self.nonresident_age
+
+    def workingset_refault(self, shadow: int) -> bool:
+        """``workingset_refault``: activate the refaulting folio (True) if its refault
+        distance is at most the workingset size (anon with swap: active anon)."""
+        self.stats["refaults"] += 1
+        refault_distance = self.nonresident_age - shadow
+        if refault_distance > self.lruvec_lru_size(LRU_ACTIVE_ANON):
+            return False
+        self.workingset_age_nonresident()
+        self.stats["refault_activated"] += 1
+        return True
 
     def isolate(self, nr_to_scan: int, lru: str) -> list[int]:
         """Take up to ``nr_to_scan`` folios from the tail of ``lru`` (the list work of
@@ -189,9 +224,12 @@ def inactive_ratio(nr_pages: int) -> int:
 
 def move_folios_to_lru(lruvec: ClassicLruvec, folios: list[tuple[int, str]]) -> Gen:
     """``move_folios_to_lru``: put isolated folios back, each at the head of its list
-    (under ``lru_lock``: all at once, then the work is charged per folio)."""
+    (under ``lru_lock``: all at once, then the work is charged per folio); an active
+    one ages ``nonresident_age`` (an activation)."""
     for pfn, lru in folios:
         lruvec.lruvec_add_folio(pfn, lru)
+        if lru == LRU_ACTIVE_ANON:  # folio_test_active
+            lruvec.workingset_age_nonresident()
     for _ in folios:
         yield nop(cost="lru_move_folio")
 
@@ -206,8 +244,17 @@ def isolate_lru_folios(lruvec: ClassicLruvec, nr_to_scan: int, lru: str) -> Gen:
 
 
 def prepare_scan_count(lruvec: ClassicLruvec, sc: ScanControl) -> None:
-    """``prepare_scan_count``: deactivate anon folios if the inactive list is low."""
-    sc.may_deactivate = lruvec.inactive_is_low()
+    """``prepare_scan_count``: deactivate anon folios if refaults were activated since
+    the last reclaim ended ("a new workingset is being established. Deactivate to get
+    rid of any stale active pages quickly") or the inactive list is low."""
+    sc.may_deactivate = (lruvec.stats["refault_activated"] != lruvec.refaults_snapshot
+                         or lruvec.inactive_is_low())
+
+
+def snapshot_refaults(lruvec: Any) -> None:
+    """``snapshot_refaults``, at the end of a reclaim (kswapd's or a direct one)."""
+    if isinstance(lruvec, ClassicLruvec):
+        lruvec.refaults_snapshot = lruvec.stats["refault_activated"]
 
 
 def get_scan_count(lruvec: ClassicLruvec, sc: ScanControl) -> dict[str, int]:

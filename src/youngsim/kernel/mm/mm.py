@@ -224,8 +224,10 @@ class MM:
             del self.rmap[pfn]
             yield from free_pages(self.zone, 1)
             return None
+        shadow = None
         if swapped:
+            shadow = self.swap.take_shadow(swp_offset(pte))  # workingset_refault's input
             self.swap.swap_free(swp_offset(pte))
             self.sys.count("swap_ins")
-        yield from self.lru.folio_add_lru(pfn, swapped)
+        yield from self.lru.folio_add_lru(pfn, swapped, shadow)
         return pfn

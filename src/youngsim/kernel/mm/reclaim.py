@@ -32,8 +32,9 @@ clear when reclaim is enabled) the mm gets the classic active/inactive lists ins
 priorities (``ScanControl``), as ``balance_pgdat`` and ``do_try_to_free_pages`` do.
 
 Left out, and why: the file LRU and the anon/file balance (a VM's
-memory is one swap-backed shmem file), refault distance (``workingset_refault``: a
-swapped-in folio is never activated at once), tiers and the PID controller (one tier).
+memory is one swap-backed shmem file); for MGLRU, refault tracking (``lru_gen_refault``),
+tiers and the PID controller (one tier). The classic LRU has the refault distance
+(``workingset_refault``, ``lru_classic.py``): eviction leaves a shadow in the swap slot.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ...sim import Op, fetch_and, load, nop, wait_until, xchg
 from ..system import PAGE_SIZE
 from .lru_classic import (DEF_PRIORITY, FOLIOREF_ACTIVATE, FOLIOREF_KEEP, FOLIOREF_RECLAIM,
                           ClassicLruvec, ScanControl, kswapd_age_node, prepare_scan_count,
-                          shrink_lruvec)
+                          shrink_lruvec, snapshot_refaults)
 from .mm import PTRS_PER_PTE
 from .mmu_notifier import (mmu_notifier_invalidate_range_end,
                            mmu_notifier_invalidate_range_start)
@@ -91,10 +92,11 @@ class Lruvec:
         self.folio_seq[pfn] = seq
 
     # -- the kernel operations (each charged by its caller's op) ------------------------
-    def folio_add_lru(self, pfn: int, swapcache: bool) -> Gen:
+    def folio_add_lru(self, pfn: int, swapcache: bool, shadow: int | None = None) -> Gen:
         """``lru_gen_add_folio``: a freshly faulted anon folio goes to the second
         youngest generation; one read back from swap (in the swap cache) to the oldest,
-        or the second oldest if there are more than ``MIN_NR_GENS``."""
+        or the second oldest if there are more than ``MIN_NR_GENS``. (``shadow``: MGLRU's
+        refault tracking, ``lru_gen_refault``, feeds tiers, which are not modelled.)"""
         yield nop(cost="lru_add")
         if not swapcache:
             seq = self.max_seq - 1
@@ -103,6 +105,10 @@ class Lruvec:
         else:
             seq = self.min_seq + 1
         self._move(pfn, seq)
+
+    def workingset_eviction(self, pfn: int) -> int | None:
+        """MGLRU's ``lru_gen_eviction`` shadow (generation and tier) is not modelled."""
+        return None
 
     def folio_update_gen(self, pfn: int) -> None:
         """The walk or look-around found the folio young: to the youngest generation
@@ -187,6 +193,7 @@ def try_to_free_pages(sys: "System", zone: Zone) -> Gen:
         yield from shrink_node(sys, zone, sc)
         if sc.nr_reclaimed >= sc.nr_to_reclaim or not sys.mm.lru.nr_folios():
             break
+    snapshot_refaults(sys.mm.lru)
     return sc.nr_reclaimed
 
 
@@ -225,6 +232,7 @@ def balance_pgdat(sys: "System", zone: Zone) -> Gen:
     while True:
         free = yield load(zone.ctl, NR_FREE, cost="zone_counter_read")
         if free >= zone.wmark_high or not lru.nr_folios():
+            snapshot_refaults(lru)
             return
         if not classic:
             yield from shrink_node(sys, zone, sc)
@@ -309,8 +317,11 @@ def shrink_folio_list(sys: "System", zone: Zone, folios: list[int],
             else:
                 ret_folios.append((pfn, references))
             continue
-        yield from try_to_unmap_one(sys, mm, pfn)
+        slot = yield from try_to_unmap_one(sys, mm, pfn)
         yield from pageout(mm.swap)
+        shadow = lru.workingset_eviction(pfn)  # __remove_mapping
+        if shadow is not None:
+            mm.swap.shadows[slot] = shadow
         lru.stats["evicted"] += 1
         reclaimed += 1
     if reclaimed:
@@ -344,7 +355,8 @@ def folio_check_references(sys: "System", pfn: int) -> Gen:
 
 def try_to_unmap_one(sys: "System", mm: "MM", pfn: int) -> Gen:
     """Replace the folio's PTE with a swap entry between the mmu_notifier invalidation
-    calls (which zap every secondary MMU's entry for the page), and drop its rmap."""
+    calls (which zap every secondary MMU's entry for the page), and drop its rmap.
+    Returns the swap slot."""
     addr = mm.rmap[pfn]
     slot = mm.swap.get_swap_page()
     yield from mmu_notifier_invalidate_range_start(mm, addr, addr + PAGE_SIZE)
@@ -352,6 +364,7 @@ def try_to_unmap_one(sys: "System", mm: "MM", pfn: int) -> Gen:
     yield xchg(t, i, swp_entry_to_pte(slot), cost="pte_clear")  # ptep_clear_flush
     yield from mmu_notifier_invalidate_range_end(mm, addr, addr + PAGE_SIZE)
     del mm.rmap[pfn]
+    return slot
 
 
 def pageout(swap: SwapDevice) -> Gen:

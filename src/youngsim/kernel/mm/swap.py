@@ -55,6 +55,9 @@ class SwapDevice:
         self.in_use = 0
         self.writes = 0
         self.reads = 0
+        #: slot -> the shadow entry reclaim left in the swap cache for the folio it
+        #: evicted (``workingset_eviction``; only the classic LRU leaves one here)
+        self.shadows: dict[int, int] = {}
 
     def get_swap_page(self) -> int:
         """``folio_alloc_swap``: a free slot (bookkeeping; its cost is the caller's)."""
@@ -67,7 +70,12 @@ class SwapDevice:
 
     def swap_free(self, slot: int) -> None:
         self.in_use -= 1
+        self.shadows.pop(slot, None)
         self.free_slots.append(slot)
+
+    def take_shadow(self, slot: int) -> int | None:
+        """The shadow entry of ``slot``, removed (a swap-in replaces it by the folio)."""
+        return self.shadows.pop(slot, None)
 
 
 def swap_writepage(swap: SwapDevice) -> Gen:

@@ -167,3 +167,24 @@ def test_fmt_size_round_trips_through_parse_size(n):
     text = fmt_size(n)
     assert parse_size(text, "g") == n
     assert text[-1] in "TGMKB"
+
+
+@pytest.mark.parametrize("design, calls, locks", [
+    ("upstream-6.12", (1.0, 1.0), (1.0, 1.0)),  # a locked call per page
+    ("upstream", (1.0, 1.0), (0.0, 0.0)),  # a lockless call per page
+    ("reviewed-locked", (1 / 64, 1 / 64), (1 / 64, 1 / 64)),  # one locked call per batch
+    ("yu-v2", (1 / 64, 3 / 64), (0.0, 0.0)),  # test + clear calls per batch, lockless
+    ("legacy-noflush", (0.0, 0.0), (0.0, 0.0)),  # the walk never calls the notifier
+])
+def test_aging_cost_per_page_separates_the_two_axes(design, calls, locks):
+    """The `aging` figures: notifier calls and mmu_lock acquisitions per page the aging
+    decided, and the accuracy counters beside them."""
+    res = run_access_tracking(Config(design, "x86-tdp", vcpus=2, bytes_per_vcpu=128 * 1024,
+                                     benchmark=True))
+    ag = res.data["aging"]
+    assert ag["aged_pages"] == res.data["counters"]["walk_pages"] > 0
+    eps = 1e-6  # the figures are rounded to 6 decimals
+    assert calls[0] - eps <= ag["notifier_calls_per_aged_page"] <= calls[1] + eps
+    assert locks[0] - eps <= ag["mmu_lock_acquisitions_per_aged_page"] <= locks[1] + eps
+    assert ag["false_old"] == res.data["counters"].get("false_old", 0)
+    assert ag["lost_to_concurrent_writers"] == 0 and ag["young_dropped_at_zap"] == 0

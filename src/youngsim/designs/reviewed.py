@@ -112,8 +112,9 @@ def kvm_mmu_notifier_test_clear_young_range(mn: "MmuNotifier", mm: "MM", start: 
     sys.ghost_note("subscribers", kvm.name)
     lockless = sys.design.kvm_lockless(kvm)
     sys.ghost_note("paths", "lockless" if lockless else "locked")
+    sys.count("aging_notifier_calls")
     range = KvmHvaRange(start=start, end=end, handler=kvm_age_gfn_range,
-                        lockless=lockless, arg=(start, young, predicate))
+                        lockless=lockless, arg=(start, young, predicate), aging=True)
     ret, _ = yield from __kvm_handle_hva_range(kvm, range)
     return int(bool(ret))
 

@@ -125,7 +125,9 @@ def kvm_mmu_notifier_test_clear_young(mn: "MmuNotifier", mm: "MM", start: int, e
     kvm = mmu_notifier_to_kvm(mn)
     sys = kvm.sys
     sys.ghost_note("subscribers", kvm.name)
-    range = KvmHvaRange(start=start, end=end, handler=kvm_arch_test_clear_young)
+    sys.count("aging_notifier_calls")
+    range = KvmHvaRange(start=start, end=end, handler=kvm_arch_test_clear_young,
+                        aging=True)
     if kvm_arch_has_test_clear_young(kvm):
         args = TestClearYoungArgs(bitmap=bitmap, end=end, clear=clear)
         range.arg = args
@@ -140,7 +142,8 @@ def kvm_mmu_notifier_test_clear_young(mn: "MmuNotifier", mm: "MM", start: int, e
         return 0
     sys.ghost_note("paths", "slow")
     range = KvmHvaRange(start=start, end=end,
-                        handler=kvm.arch.kvm_age_gfn if clear else kvm.arch.kvm_test_age_gfn)
+                        handler=kvm.arch.kvm_age_gfn if clear else kvm.arch.kvm_test_age_gfn,
+                        aging=True)
     young, _ = yield from __kvm_handle_hva_range(kvm, range)
     if not young:
         return 0

@@ -119,6 +119,10 @@ def run_compare(preset: Preset, cost_model: CostModel | None = None,
                 "mmu_lock_acquisitions": acq,
                 "mmu_lock_contended": lock.get("contended", 0),
                 "false_old": d["counters"].get("false_old", 0),
+                "aged_pages": d["aging"]["aged_pages"],
+                "notifier_calls_per_aged_page": d["aging"]["notifier_calls_per_aged_page"],
+                "aging_mmu_lock_per_aged_page":
+                    d["aging"]["mmu_lock_acquisitions_per_aged_page"],
                 "cost_model": d.get("cost_model", ""),
             })
             if progress is not None:
@@ -157,7 +161,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     head = ("design", "locking", "calls", "vCPUs", "vCPU wall us", "pass us", "passes",
-            "fault p50 ns", "fault p99 ns", "mmu_lock cont/acq", "false old")
+            "fault p50 ns", "fault p99 ns", "mmu_lock cont/acq", "calls/page",
+            "locks/page", "false old")
     body = []
     for r in rows:
         body.append((r["design"], r["locking"], r["calls"], str(r["vcpus"]),
@@ -165,11 +170,16 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['lru_gen_avg_pass_s'] * 1e6:.2f}", str(r["lru_gen_passes"]),
                      str(r["fault_latency_p50_ns"]), str(r["fault_latency_p99_ns"]),
                      f"{r['mmu_lock_contended']}/{r['mmu_lock_acquisitions']}",
-                     str(r["false_old"])))
+                     _per_page(r["notifier_calls_per_aged_page"]),
+                     _per_page(r["aging_mmu_lock_per_aged_page"]), str(r["false_old"])))
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
     return "\n".join(lines)
+
+
+def _per_page(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def render_decomposition(dec: list[dict[str, Any]]) -> str:

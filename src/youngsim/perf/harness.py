@@ -222,6 +222,35 @@ def fault_latency_percentiles(lat: list[int]) -> dict[str, Any]:
             "fault_latency_p999_ns": rank(0.999)}
 
 
+#: the counters of pages an aging caller decided young or old (``vmscan.decide``)
+AGED_PAGE_COUNTERS = ("walk_pages", "look_around_pages", "rmap_pages")
+
+
+def aging_figures(counters: dict[str, int]) -> dict[str, Any]:
+    """What the aging cost per page it decided, and how accurate the decisions were."""
+    aged = sum(counters.get(k, 0) for k in AGED_PAGE_COUNTERS)
+    calls = counters.get("aging_notifier_calls", 0)
+    locks = counters.get("aging_mmu_lock", 0)
+    return {
+        "aged_pages": aged,
+        "notifier_calls": calls,
+        "mmu_lock_acquisitions": locks,
+        "notifier_calls_per_aged_page": round(calls / aged, 6) if aged else None,
+        "mmu_lock_acquisitions_per_aged_page": round(locks / aged, 6) if aged else None,
+        "false_old": counters.get("false_old", 0),
+        "false_young": counters.get("false_young", 0),
+        "lost_to_concurrent_writers": counters.get("clears_clobbered", 0),
+        "young_dropped_at_zap": counters.get("young_dropped_at_zap", 0),
+        "note": ("aged pages: pages an aging caller (MGLRU walk, look-around, rmap) decided"
+                 " young or old; notifier calls: aging callbacks into KVM "
+                 "(clear_young, clear_flush_young, test_young, test_clear_young); "
+                 "mmu_lock acquisitions: by those calls' walks; false old / false young: "
+                 "decisions against the guest's real accesses since the page's last "
+                 "decision; lost to concurrent writers: lockless clears a locked SPTE "
+                 "write undid"),
+    }
+
+
 def common_figures(r: TimedResult, samples: dict[str, list[int]]) -> dict[str, Any]:
     """The figures every timed run reports, for its JSON."""
     by_role: dict[str, dict[str, int]] = {}
@@ -252,6 +281,7 @@ def common_figures(r: TimedResult, samples: dict[str, list[int]]) -> dict[str, A
                            "violation to the translation that worked",
                    **fault_latency_percentiles(samples.get("fault_latency_ns", []))},
         "locks": locks,
+        "aging": aging_figures(r.counters),
         "counters": dict(sorted(r.counters.items())),
         "cas_attempts": r.cas_attempts, "cas_failures": r.cas_failures,
         "atomic_contended": r.atomic_contended, "tlb_flushes": r.tlb_flushes,
@@ -289,6 +319,14 @@ def render_common(d: dict[str, Any], checks: list[Check], counter_keys: tuple[st
                                                  if hd else ""))
         out.append(f"{name}: {lk['acquisitions']} acquisitions, {lk['contended']} contended,"
                    f" spinning {lk['spin_ns']} ns; " + "; ".join(parts))
+    ag = d["aging"]
+    if ag["aged_pages"]:
+        out.append(f"aging: {ag['aged_pages']} page decisions, "
+                   f"{ag['notifier_calls_per_aged_page']} notifier calls and "
+                   f"{ag['mmu_lock_acquisitions_per_aged_page']} mmu_lock acquisitions per "
+                   f"page; false old {ag['false_old']}, false young {ag['false_young']}, "
+                   f"lost to concurrent writers {ag['lost_to_concurrent_writers']}, young "
+                   f"dropped at zap {ag['young_dropped_at_zap']}")
     cn = d["counters"]
     keys = [k for k in counter_keys if k in cn]
     out.append("counters: " + (", ".join(f"{k} {cn[k]}" for k in keys) or "none"))

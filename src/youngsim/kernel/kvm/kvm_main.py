@@ -85,6 +85,8 @@ class KvmHvaRange:
     arg: Any = None
     #: yu-v2: a lockless handler's nonzero return means "fast path failed": stop walking
     stop_on_ret: bool = False
+    #: an aging walk (counted: ``aging_mmu_lock`` when it takes mmu_lock)
+    aging: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +150,8 @@ def __kvm_handle_hva_range(kvm: Kvm, range: KvmHvaRange) -> Gen:
             locked = True
             if not range.lockless and not kvm.sys.bug("locked-fallback-forgets-lock"):
                 yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")  # KVM_MMU_LOCK(kvm)
+                if range.aging:
+                    kvm.sys.count("aging_mmu_lock")
             if range.on_lock is not None:
                 yield from range.on_lock(kvm)
         r = yield from range.handler(kvm, gfn_range)
@@ -164,9 +168,11 @@ def __kvm_handle_hva_range(kvm: Kvm, range: KvmHvaRange) -> Gen:
 
 def kvm_handle_hva_range(mn: MmuNotifier, start: int, end: int, handler: Handler,
                          flush_on_ret: bool, lockless: bool = False) -> Gen:
+    """The aging callbacks' walk (one notifier call into KVM: ``aging_notifier_calls``)."""
     kvm = mmu_notifier_to_kvm(mn)
+    kvm.sys.count("aging_notifier_calls")
     range = KvmHvaRange(start=start, end=end, handler=handler, flush_on_ret=flush_on_ret,
-                        lockless=lockless)
+                        lockless=lockless, aging=True)
     ret, _ = yield from __kvm_handle_hva_range(kvm, range)
     return ret
 

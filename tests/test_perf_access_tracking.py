@@ -188,3 +188,45 @@ def test_aging_cost_per_page_separates_the_two_axes(design, calls, locks):
     assert locks[0] - eps <= ag["mmu_lock_acquisitions_per_aged_page"] <= locks[1] + eps
     assert ag["false_old"] == res.data["counters"].get("false_old", 0)
     assert ag["lost_to_concurrent_writers"] == 0 and ag["young_dropped_at_zap"] == 0
+
+
+# -- --page-idle: idle marking through /sys/kernel/mm/page_idle/bitmap --------------------
+
+@pytest.mark.parametrize("design", ["legacy", "upstream-6.12", "upstream", "yu-v2",
+                                    "reviewed"])
+def test_page_idle_mode_marks_and_checks_like_the_selftest(design):
+    cfg = Config(design, "x86-tdp", vcpus=2, bytes_per_vcpu=256 * 1024, page_idle=True)
+    res = run_access_tracking(cfg)
+    d = res.data
+    assert res.ok and d["config"]["page_idle"]
+    names = [p["name"] for p in d["phases"]]
+    assert names.count("Mark memory idle") == 2 and "Mark memory idle (lru_gen)" not in names
+    checks = {c["name"]: c["status"] for c in d["checks"]}
+    # page_idle reaches the secondary MMU through ptep_clear_young_notify in every
+    # design, the primary-only MGLRU walk of legacy included
+    assert checks["idle: at most 10% still young"] == "pass"
+    assert checks["page_idle: fewer than 10% still idle"] == "pass"
+    assert checks["accessed again: at least 90% young"] == "pass"
+    # reading a bitmap word walks every idle folio of the word: each vCPU's 64 pages
+    # fill one word, so a mark walks sum(k, k < 64) folios for the reads (2016), plus
+    # one per write (64), plus, the second time, the 64 folios the first read finds
+    # referenced: 2080 + 2144 per vCPU
+    assert d["counters"]["page_idle_pages"] == 2 * (2080 + 2144)
+    assert d["aging"]["aged_pages"] == d["counters"]["page_idle_pages"]
+    assert d["aging"]["notifier_calls_per_aged_page"] == 1.0
+    # the idle marking runs in each vCPU's own thread, as aging work
+    assert d["cpu_time_by_role_ns"]["aging"]["aging"] > 0
+
+
+def test_page_idle_keep_tlb_warns_for_pages_still_idle(capsys):
+    code, out, _ = run_cli(capsys, "-v", "1", "-b", "64K", "--page-idle", "--keep-tlb",
+                           "--design", "upstream", "--mmu", "x86-tdp")
+    assert code == 0
+    assert re.search(r"check WARN page_idle: fewer than 10% still idle: .*\[16\] of 16", out)
+
+
+def test_page_idle_refuses_benchmark_mode(capsys):
+    code, _, err = run_cli(capsys, "-p", "--page-idle", "--design", "upstream", "--mmu",
+                           "x86-tdp")
+    assert code == 2 and "cannot be combined with --page-idle" in err
+    assert len(err.strip().splitlines()) == 1

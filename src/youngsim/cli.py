@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                         " input) and DIR/profile.txt (perf report --children style)")
     t.add_argument("--profile-period", type=_pos_int, default=100, metavar="NS",
                    help="virtual ns of on-CPU time per stack sample (default 100)")
+    t.add_argument("--page-idle", action="store_true",
+                   help="access_tracking_perf_test: mark memory idle through "
+                        "/sys/kernel/mm/page_idle (each vCPU's thread, per page), the "
+                        "selftest's way without MGLRU, instead of one lru_gen aging pass")
     t.add_argument("--keep-tlb", action="store_true",
                    help="do not empty each vCPU's TLB between steps (the selftest's"
                         " nested-VM case: the TLB keeps what fits in its 1536 entries)")
@@ -350,12 +354,13 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 
 _SCENARIO_OPTIONS = {
-    "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb"),
+    "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb",
+                                  "page_idle"),
     "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem",
                               "no_direct_reclaim", "lru"),
 }
 _OPTION_NAMES = {"vcpus": "-v", "bytes_per_vcpu": "-b", "benchmark": "-p",
-                 "keep_tlb": "--keep-tlb", "nr_vcpus": "-c", "max_mem": "-m",
+                 "keep_tlb": "--keep-tlb", "page_idle": "--page-idle", "nr_vcpus": "-c", "max_mem": "-m",
                  "slot_size": "-s", "host_mem": "--host-mem",
                  "no_direct_reclaim": "--no-direct-reclaim", "lru": "--lru"}
 
@@ -386,6 +391,7 @@ def _scenario_result(a: argparse.Namespace) -> Any:
                          bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
                                          else DEFAULT_BYTES_PER_VCPU),
                          benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb,
+                         page_idle=a.page_idle,
                          profile_period_ns=period)
             cfg.validate()
             cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate

@@ -80,6 +80,9 @@ from ..check.model import build_system
 from ..kernel.arm64 import pgtable as P
 from ..kernel.arm64.mmu import Arm64Stage2Mmu
 from ..kernel.hw.vcpu import guest_access
+from ..kernel.mm.mm import pte_pfn, pte_present
+from ..kernel.mm.page_idle import (BITMAP_CHUNK_BITS, page_idle_bitmap_read,
+                                   page_idle_bitmap_write)
 from ..kernel.mm.reclaim import walk_mm
 from ..kernel.system import PAGE_SIZE
 from ..kernel.x86 import spte as S
@@ -111,6 +114,12 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("Reading from idle memory", "read"),
 )
 BENCH_PHASES: tuple[tuple[str, str], ...] = (("Populating memory", "write"),)
+#: ``--page-idle``: the selftest's fallback without MGLRU, each vCPU's thread marking its
+#: own memory idle through /sys/kernel/mm/page_idle/bitmap
+PAGE_IDLE_PHASES: tuple[tuple[str, str], ...] = tuple(
+    ("Mark memory idle", "page_idle") if kind == "idle" else (name, kind)
+    for name, kind in PHASES)
+STILL_IDLE_MAX = 0.10  # mark_vcpu_memory_idle: "at least 90% of memory marked idle"
 
 @dataclass(frozen=True)
 class Config:
@@ -121,6 +130,8 @@ class Config:
     benchmark: bool = False  # -p
     seed: int = 0
     keep_tlb: bool = False
+    #: mark memory idle with page_idle (per vCPU) instead of an MGLRU aging pass
+    page_idle: bool = False
     #: stack-sample every this many ns of a thread's on-CPU virtual time (0: off)
     profile_period_ns: int = 0
 
@@ -140,6 +151,9 @@ class Config:
         if self.bytes_per_vcpu < PAGE_SIZE or self.bytes_per_vcpu % PAGE_SIZE:
             raise ConfigError(f"-b must be a positive multiple of the 4 KiB page size, got "
                               f"{self.bytes_per_vcpu} bytes")
+        if self.page_idle and self.benchmark:
+            raise ConfigError("-p runs MGLRU aging passes back to back; it cannot be "
+                              "combined with --page-idle")
         if self.total_pages > MAX_TOTAL_PAGES:
             raise ConfigError(
                 f"{self.vcpus} vCPUs x {self.bytes_per_vcpu} bytes is {self.total_pages} "
@@ -163,7 +177,8 @@ class _Harness:
     def __init__(self, m: Machine, cfg: Config) -> None:
         self.m = m
         self.cfg = cfg
-        self.phases = BENCH_PHASES if cfg.benchmark else PHASES
+        self.phases = (BENCH_PHASES if cfg.benchmark else
+                       PAGE_IDLE_PHASES if cfg.page_idle else PHASES)
         self.sys = build_system(m, cfg.design, cfg.mmu, npages=cfg.total_pages,
                                 nvcpus=cfg.vcpus, prefault_primary=True)
         # the per-step invariants, evaluated at phase boundaries instead (see above)
@@ -175,6 +190,8 @@ class _Harness:
         self.ctl = m.new_words("perf.ctl", 2 + len(self.phases))
         self.checks: list[Check] = []
         self.passes = 0
+        #: ``--page-idle``: per phase, per vCPU, pages found still idle while marking
+        self.still_idle: dict[int, list[int]] = {}
 
     # -- checks (thread-local code of the main thread: evaluated at that instant) ----
     def check_invariants(self, where: str) -> None:
@@ -186,7 +203,7 @@ class _Harness:
         ok = frac <= IDLE_MAX_YOUNG
         detail = (f"after step {k + 1} ({self.phases[k][0]}): {int(young.sum())}/{len(young)}"
                   f" pages still young in the secondary MMU")
-        if not ok and self.sys.design.mglru == "primary-only":
+        if not ok and self.sys.design.mglru == "primary-only" and self.phases[k][1] == "idle":
             detail += (" (this design's MGLRU walk clears only the primary PTEs: it never "
                        "consults the secondary MMU)")
         self.checks.append(Check("idle: at most 10% still young", "pass" if ok else "fail",
@@ -206,6 +223,24 @@ class _Harness:
         self.checks.append(Check("accessed again: at least 90% young", status, detail,
                                  round(frac, 6), YOUNG_AGAIN_MIN))
 
+    def check_still_idle(self, k: int) -> None:
+        """``mark_vcpu_memory_idle``'s check, per vCPU: fewer than 10% of its pages may
+        still be idle when it marks them again (a page the guest accessed since the
+        last mark is found young by the bitmap read, unless a cached translation
+        hid the access)."""
+        ppv = self.cfg.pages_per_vcpu
+        counts = self.still_idle.get(k, [])
+        worst = max(counts) if counts else 0
+        ok = worst < ppv * STILL_IDLE_MAX
+        detail = (f"step {k + 1} ({self.phases[k][0]}): still idle per vCPU "
+                  f"{counts} of {ppv} pages")
+        status = "pass" if ok else "fail"
+        if not ok and self.cfg.keep_tlb:
+            status = "warn"
+            detail += " (--keep-tlb: the selftest only warns, its nested-VM case)"
+        self.checks.append(Check("page_idle: fewer than 10% still idle", status, detail,
+                                 round(worst / ppv, 6) if ppv else 0.0, STILL_IDLE_MAX))
+
     # -- threads ----------------------------------------------------------------------
     def vcpu(self, i: int) -> Gen:
         sys = self.sys
@@ -214,7 +249,7 @@ class _Harness:
         lo, hi = i * ppv, (i + 1) * ppv
         ctl = self.ctl
         for k, (_, kind) in enumerate(self.phases):
-            if kind == "idle":
+            if kind in ("idle", "page_idle"):
                 continue
             yield wait_until(ctl, 0, _ALL, k + 1, cost="perf_wait_kick")
             if k > 0 and not self.cfg.keep_tlb:
@@ -223,6 +258,35 @@ class _Harness:
             write = kind == "write"
             for g in range(lo, hi):
                 yield from guest_access(sys, vcpu, g, write)
+            yield from stamp(f"end:{k}:{i}")
+            yield fetch_add(ctl, 2 + k, 1, cost="perf_vcpu_done")
+
+    def idle_marker(self, i: int) -> Gen:
+        """``--page-idle``: vCPU ``i``'s thread out of the guest, in each "Mark memory
+        idle" step: ``mark_vcpu_memory_idle`` over its pages, each ``lookup_pfn``
+        (pagemap), ``is_page_idle`` (a bitmap word read: a still-idle page is counted
+        and skipped) and ``mark_page_idle`` (a bitmap word write)."""
+        sys, mm = self.sys, self.sys.mm
+        ppv = self.cfg.pages_per_vcpu
+        ctl = self.ctl
+        for k, (_, kind) in enumerate(self.phases):
+            if kind != "page_idle":
+                continue
+            yield wait_until(ctl, 0, _ALL, k + 1, cost="perf_wait_kick")
+            still = 0
+            for g in range(i * ppv, (i + 1) * ppv):
+                t, j = mm.pte_slot(mm.start + g * PAGE_SIZE)
+                pte = yield load(t, j, cost="pagemap_read")  # lookup_pfn
+                if not pte_present(pte):
+                    continue
+                pfn = pte_pfn(pte)
+                word, bit = divmod(pfn, BITMAP_CHUNK_BITS)
+                bits = yield from page_idle_bitmap_read(sys, mm, word)
+                if bits >> bit & 1:  # is_page_idle
+                    still += 1
+                    continue
+                yield from page_idle_bitmap_write(sys, mm, word, 1 << bit)
+            self.still_idle.setdefault(k, [0] * self.cfg.vcpus)[i] = still
             yield from stamp(f"end:{k}:{i}")
             yield fetch_add(ctl, 2 + k, 1, cost="perf_vcpu_done")
 
@@ -240,7 +304,11 @@ class _Harness:
             else:
                 yield store(ctl, 0, k + 1, cost="perf_kick")
                 yield wait_until(ctl, 2 + k, _ALL, nv, cost="perf_wait_vcpus")
-                if prev == "idle":
+                if kind == "page_idle":
+                    self.check_idle(k)
+                    if any(p == "page_idle" for _, p in self.phases[:k]):
+                        self.check_still_idle(k)
+                elif prev in ("idle", "page_idle"):
                     self.check_young_again(k)
             self.check_invariants(f"after step {k + 1} ({name})")
             prev = kind
@@ -282,6 +350,9 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
     cm, m = prepare_run(cfg, cost_model)
     h = _Harness(m, cfg)
     roles = spawn_vcpus(m, h.vcpu, cfg.vcpus)
+    if cfg.page_idle:
+        for i in range(cfg.vcpus):
+            roles[m.spawn(h.idle_marker, i, name=f"page_idle{i}")] = "aging"
     roles[m.spawn(h.main, name="main")] = "aging"
     if cfg.benchmark:
         roles[m.spawn(h.ager, name="lru_gen")] = "aging"
@@ -332,7 +403,8 @@ def _to_dict(res: PerfResult) -> dict[str, Any]:
         "config": {"design": cfg.design, "mmu": cfg.mmu, "vcpus": cfg.vcpus,
                    "bytes_per_vcpu": cfg.bytes_per_vcpu,
                    "pages_per_vcpu": cfg.pages_per_vcpu, "total_pages": cfg.total_pages,
-                   "benchmark": cfg.benchmark, "seed": cfg.seed, "keep_tlb": cfg.keep_tlb},
+                   "benchmark": cfg.benchmark, "seed": cfg.seed, "keep_tlb": cfg.keep_tlb,
+                   "page_idle": cfg.page_idle},
         "scale_note": (f"small scale: {cfg.total_pages} pages simulated one operation at a "
                        f"time (cap {MAX_TOTAL_PAGES}); figures come from the cost model, "
                        "not from hardware"),
@@ -356,7 +428,8 @@ def render(res: PerfResult) -> str:
     head = (f"{SCENARIO} (youngsim, timed model): design {cfg.design}, mmu {cfg.mmu}, "
             f"{cfg.vcpus} vCPU(s) x {cfg.bytes_per_vcpu} bytes "
             f"({cfg.pages_per_vcpu} pages each, {cfg.total_pages} total)"
-            + (", benchmark mode (-p)" if cfg.benchmark else ""))
+            + (", benchmark mode (-p)" if cfg.benchmark else "")
+            + (", idle marking via page_idle" if cfg.page_idle else ""))
     out = [head, (f"virtual times from {res.cost_model} at this small scale (cap "
                   f"{MAX_TOTAL_PAGES} pages); not hardware measurements")]
     for p in res.phases:
@@ -371,6 +444,7 @@ def render(res: PerfResult) -> str:
     out.append("")
     out += render_common(d, res.checks, ("false_old", "false_young", "vcpu_faults",
                                          "tlb_hits", "walk_pages", "walk_young",
+                                         "page_idle_pages", "page_idle_young",
                                          "tlb_flushes"),
                          no_checks="checks: none in benchmark mode (as in the selftest's -p)")
     out.append(f"{'PASS' if res.ok else 'FAIL'}: {r.steps} steps simulated in "

@@ -223,7 +223,7 @@ def fault_latency_percentiles(lat: list[int]) -> dict[str, Any]:
 
 
 #: the counters of pages an aging caller decided young or old (``vmscan.decide``)
-AGED_PAGE_COUNTERS = ("walk_pages", "look_around_pages", "rmap_pages")
+AGED_PAGE_COUNTERS = ("walk_pages", "look_around_pages", "rmap_pages", "page_idle_pages")
 
 
 def aging_figures(counters: dict[str, int]) -> dict[str, Any]:
@@ -241,7 +241,8 @@ def aging_figures(counters: dict[str, int]) -> dict[str, Any]:
         "false_young": counters.get("false_young", 0),
         "lost_to_concurrent_writers": counters.get("clears_clobbered", 0),
         "young_dropped_at_zap": counters.get("young_dropped_at_zap", 0),
-        "note": ("aged pages: pages an aging caller (MGLRU walk, look-around, rmap) decided"
+        "note": ("aged pages: pages an aging caller (MGLRU walk, look-around, rmap, "
+                 "page_idle) decided"
                  " young or old; notifier calls: aging callbacks into KVM "
                  "(clear_young, clear_flush_young, test_young, test_clear_young); "
                  "mmu_lock acquisitions: by those calls' walks; false old / false young: "

@@ -139,6 +139,8 @@ class MM:
         #: frames than pages, a swap device and the MGLRU lists. None: unlimited memory,
         #: pages never leave (the checker's scenarios and access_tracking_perf_test)
         self.zone: Any = None
+        #: idle page tracking's folio flags (``page_idle.PageIdle``, on first use)
+        self.page_idle: Any = None
         self.swap: Any = None
         self.lru: Any = None
         if prefault:  # host-prefaulted guest memory (as the kernel selftests do)

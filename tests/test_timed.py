@@ -10,13 +10,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import youngsim.sim.timed as timed_mod
 from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, Words, call_rcu,
                           cas, fetch_add, free, load, mutex_lock, mutex_unlock, nop,
                           rcu_read_lock, rcu_read_unlock, read_lock, read_unlock,
-                          spin_lock, spin_unlock, store, vfetch_and, vload, wait_until,
-                          write_lock, write_unlock)
+                          spin_lock, spin_unlock, store, vfetch_and, vfetch_or, vload,
+                          vstore, vxchg, wait_until, write_lock, write_unlock)
 from youngsim.sim.costmodel import (CostModel, load_cost_model, parse_cost_text)
 from youngsim.sim.program import Program
 from youngsim.sim.timed import Dist, TimedDriver, run_timed
@@ -622,3 +626,62 @@ def test_kernel_scenarios_run_timed():
         assert again.to_dict() == r.to_dict(), prog.key
         n += 1
     assert n >= 10
+
+
+# -- large objects keep their cache-line stamps in arrays, with the dict's rule ----------
+
+_LINE_OP = st.tuples(st.sampled_from(["store", "fetch_add", "cas", "vfetch_and", "vstore",
+                                      "vxchg", "vfetch_or", "nop"]),
+                     st.integers(0, 63), st.integers(1, 24), st.booleans())
+
+
+def _line_program(progs: list[list[tuple[str, int, int, bool]]]) -> Machine:
+    m = Machine()
+    w = m.new_words("w", 64)
+
+    def thread(prog):
+        for kind, i, n, sel in prog:
+            hi = min(64, i + n)
+            mask = np.arange(hi - i) % 2 == 0 if sel else None
+            if kind == "store":
+                yield store(w, i, n)
+            elif kind == "fetch_add":
+                yield fetch_add(w, i, 1, cost="atomic")
+            elif kind == "cas":
+                yield cas(w, i, 0, n, cost="atomic")
+            elif kind == "vfetch_and":
+                yield vfetch_and(w, i, hi, ~1, select=mask, cost="vatomic")
+            elif kind == "vfetch_or":
+                yield vfetch_or(w, i, hi, 2, select=mask, cost="vatomic")
+            elif kind == "vxchg":
+                yield vxchg(w, i, hi, n, select=mask, cost="vatomic")
+            elif kind == "vstore":
+                yield vstore(w, i, np.full(hi - i, n, dtype=np.uint64), select=mask)
+            else:
+                yield nop(cost="gap")
+    for k, prog in enumerate(progs):
+        m.spawn(thread, prog, name=f"t{k}")
+    return m
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_LINE_OP, min_size=1, max_size=12), min_size=2, max_size=3))
+def test_line_stamps_in_arrays_follow_the_dicts_rule(progs):
+    """The driver keeps the cache-line stamps of objects of ``_BIG_WORDS`` words or more
+    in arrays (``_LineTable``): the same program gives the same costs, contended
+    atomics and timeline whichever way a 64-word object's lines are kept."""
+    cm = load_cost_model().with_labels({
+        "atomic": {"ns": 7, "rationale": "test"},
+        "vatomic": {"ns": 7, "per_element_ns": 7, "rationale": "test"},
+        "gap": {"ns": 40, "rationale": "test"}})
+    results = []
+    for big in (1 << 30, 1):  # the dict, then arrays for every object
+        old = timed_mod._BIG_WORDS
+        timed_mod._BIG_WORDS = big
+        try:
+            r = run_timed(_line_program(progs), cm)
+        finally:
+            timed_mod._BIG_WORDS = old
+        results.append((r.end_ns, r.atomic_contended, r.label_ns, r.categories,
+                        [(t.name, t.end_ns) for t in r.threads]))
+    assert results[0] == results[1]

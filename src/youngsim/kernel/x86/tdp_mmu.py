@@ -396,7 +396,9 @@ class TdpMmu(TwoLevelTables):
             sys.ghost_cleared_many(base + lo, cleared)
             if lockless:
                 self.ghost_lockless_clears[base + lo:base + hi] += cleared
-        if lockless and noad.any() and not sys.design.lockless_access_tracking:
+        if not noad.any():
+            return
+        if lockless and not sys.design.lockless_access_tracking:
             sys.contract(False, f"{sys.design.name}: the lockless path met an A/D-disabled"
                          " SPTE; it must have reported failure so the caller falls back")
         for k in np.flatnonzero(noad):

@@ -14,9 +14,13 @@ pages. Default mode times these steps, each from kicking all vCPUs until all fin
 
 and checks, against the model's own state, that after marking idle at most 10% of the
 pages are still young in the secondary MMU, and that at least 90% are young again after
-the vCPUs accessed them. ``-p`` (benchmark mode) runs aging passes back to back in an
-aging thread while the vCPUs populate memory, and reports the slowest vCPU's wall time
-and the average pass duration.
+the vCPUs accessed them. ``--page-idle`` marks memory idle the selftest's other way
+(without MGLRU): each vCPU's thread marks its own pages through
+``/sys/kernel/mm/page_idle/bitmap`` (``kernel/mm/page_idle.py``), the steps are printed
+``Mark memory idle``, and the selftest's check applies: when a vCPU marks its pages
+again, fewer than 10% may still be idle. ``-p`` (benchmark mode) runs aging passes
+back to back in an aging thread while the vCPUs populate memory, and reports the
+slowest vCPU's wall time and the average pass duration.
 
 How it is built
 ---------------

@@ -225,6 +225,12 @@ def write_report(out_dir: str, preset: Preset, rows: list[dict[str, Any]],
           f"({rows[0]['cost_model'] if rows else 'no runs'}; see docs/cost-model.md), at "
           "a small scale: it compares designs; it does not predict a full-size run.", "",
           "## Results", "", "```", render_table(rows), "```", "",
+          "`calls/page` and `locks/page`: aging notifier calls into KVM, and the "
+          "`mmu_lock` acquisitions their walks took, per page the aging decided young or "
+          "old (the two axes of the question: per-page vs batched calls, locked vs "
+          "lockless); `mmu_lock cont/acq`: contended / all acquisitions of `mmu_lock` by "
+          "any thread; `false old`: pages decided old although the guest had accessed "
+          "them.", "",
           "## What each axis is worth", "", "```", render_decomposition(dec), "```", ""]
     for p in plots:
         md += [f"![{os.path.basename(p)}]({os.path.basename(p)})", ""]

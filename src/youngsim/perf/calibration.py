@@ -181,7 +181,7 @@ def run_calibration(cost_model: CostModel | None = None,
                          "stands_for": run.stands_for, "ok": res.ok,
                          "run1_s": d["run1_s"], "reset_s": d["reset_s"],
                          "run2_s": d["run2_s"], "reclaim": d["reclaim"],
-                         "cost_model": d["cost_model"],
+                         "cost_model": d["cost_model"], "aging": d["aging"],
                          "fault_latency_p99_ns": d["faults"]["fault_latency_p99_ns"]}
         if progress is not None:
             progress(run.key)
@@ -234,9 +234,15 @@ def render(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
         else:
             lc = rc["lru_gen"]
             kept = f"{lc['activated']} kept referenced"
+        ag = d["aging"]
+        per = ("" if not ag["aged_pages"] else
+               f"; aging: {ag['aged_pages']} page decisions, "
+               f"{ag['notifier_calls_per_aged_page']:.3f} notifier calls and "
+               f"{ag['mmu_lock_acquisitions_per_aged_page']:.3f} mmu_lock acquisitions "
+               "per page")
         lines.append(f"{d['run']:<15} run1 {d['run1_s']:.6f} s, run2 {d['run2_s']:.6f} s; "
                      f"{lc['evicted']} evicted, {rc['swap_reads']} swapped in, {kept}, "
-                     f"{rc['direct_reclaims']} direct reclaims ({d['stands_for']})")
+                     f"{rc['direct_reclaims']} direct reclaims{per} ({d['stands_for']})")
     lines.append("")
     lines += [f"not compared: {x}" for x in NOT_MODELLED]
     return "\n".join(lines)

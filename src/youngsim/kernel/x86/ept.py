@@ -15,6 +15,22 @@ from . import spte as S
 Gen = Generator[Op, Any, Any]
 
 
+class EptTables(TwoLevelTables):
+    """Two-level tables whose root entries are EPT non-leaf SPTEs: the entry format the
+    TDP MMU and the shadow MMU share (``self.ad``: A/D bits on)."""
+
+    ad: bool
+
+    def entry_present(self, entry: int) -> bool:
+        return S.is_shadow_present_pte(entry)
+
+    def entry_addr(self, entry: int) -> int:
+        return S.spte_to_pfn(entry) << S.PAGE_SHIFT
+
+    def link_entry(self, addr: int) -> int:
+        return S.make_nonleaf_spte(addr, self.ad)
+
+
 def ept_walk(tables: TwoLevelTables, gfn: int, write: bool) -> Gen:
     """A TLB miss: walk to the leaf and, if A/D bits are on, set A (and D on a write)
     with an atomic update, as the page walker's locked RMW does. False means an EPT

@@ -54,9 +54,8 @@ from ...sim import (BUG_ON, Op, alloc, cas, fetch_and, free, load, store, vload,
                     wait_until, write_lock, write_unlock, xchg)
 from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_flush_remote_tlbs,
                             kvm_mmu_invalidate_wait)
-from ..hw.tables import TwoLevelTables
 from ..kvm.arch import KvmArchMmu
-from .ept import ept_walk, spte_leaf_view
+from .ept import EptTables, ept_walk, spte_leaf_view
 from . import spte as S
 from .tdp_mmu import RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS
 
@@ -74,7 +73,7 @@ _SP_OFFSET_MASK = 0xFFF  # Words addresses are 4 KiB aligned (Machine.ADDR_BASE)
 _gfns = range  # the handlers' parameter is called ``range``, as in the kernel
 
 
-class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
+class X86ShadowMmu(KvmArchMmu, EptTables):
     """``kvm->arch`` for a VM whose secondary MMU is the shadow MMU (rmap based): the
     arch hooks and, itself, the shadow page tables (``tables`` is ``self``)."""
 
@@ -84,7 +83,7 @@ class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
                  leaf_entries: int = S.PT_ENTRIES) -> None:
         if leaf_entries * SPTE_SIZE > _SP_OFFSET_MASK + 1:
             raise ValueError("a shadow page must fit in 4 KiB of sptep offsets")
-        TwoLevelTables.__init__(self, sys, f"{kvm.name}.root", npages, leaf_entries)
+        EptTables.__init__(self, sys, f"{kvm.name}.root", npages, leaf_entries)
         self.tables = self
         self.kvm = kvm
         self.ad = True
@@ -102,16 +101,7 @@ class X86ShadowMmu(KvmArchMmu, TwoLevelTables):
         """Does this kernel have ``KVM_RMAP_LOCKED`` (6.15, with lockless aging)?"""
         return self.sys.design.kvm_lockless(self.kvm)
 
-    # -- geometry and pointers -------------------------------------------------------
-    def entry_present(self, entry: int) -> bool:
-        return S.is_shadow_present_pte(entry)
-
-    def entry_addr(self, entry: int) -> int:
-        return S.spte_to_pfn(entry) << S.PAGE_SHIFT
-
-    def link_entry(self, addr: int) -> int:
-        return S.make_nonleaf_spte(addr, self.ad)
-
+    # -- pointers (the entry format is EptTables') ---------------------------------
     @staticmethod
     def sptep(sp: Any, li: int) -> int:
         """The address of SPTE ``li`` of shadow page ``sp``: what an rmap head stores."""

@@ -30,8 +30,7 @@ import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vxchg, xchg)
-from ..hw.tables import TwoLevelTables
-from .ept import ept_walk
+from .ept import EptTables, ept_walk
 from . import spte as S
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ Gen = Generator[Op, Any, Any]
 RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_FIXED, RET_PF_SPURIOUS = 0, 1, 2, 3
 
 
-class TdpMmu(TwoLevelTables):
+class TdpMmu(EptTables):
     """The TDP MMU state of one VM: its root and configuration."""
 
     def __init__(self, sys: "System", kvm: "Kvm", ad_enabled: bool, npages: int,
@@ -55,15 +54,6 @@ class TdpMmu(TwoLevelTables):
         #: ghost: how many times a lockless ager cleared each gfn's A bit (to tell when a
         #: locked writer's stale write brings it back: "clears_clobbered")
         self.ghost_lockless_clears = np.zeros(npages, dtype=np.uint32)
-
-    def entry_present(self, entry: int) -> bool:
-        return S.is_shadow_present_pte(entry)
-
-    def entry_addr(self, entry: int) -> int:
-        return S.spte_to_pfn(entry) << S.PAGE_SHIFT
-
-    def link_entry(self, addr: int) -> int:
-        return S.make_nonleaf_spte(addr, self.ad)
 
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""

@@ -26,10 +26,10 @@ class Ghost:
     """Ground truth per guest page (indexed by gfn), one byte per page so that a guest
     of hundreds of millions of pages fits (a Python list would take 8 bytes a page)."""
 
-    def __init__(self, npages: int, accessed: bool = False) -> None:
+    def __init__(self, npages: int) -> None:
         self.npages = npages
         #: the guest touched the page since the aging caller last decided young/old for it
-        self.accessed = np.full(npages, accessed, dtype=bool)
+        self.accessed = np.zeros(npages, dtype=bool)
 
 
 class GfnSet:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Generator, Iterable
 import numpy as np
 
 from . import ops as O
+from . import vec
 from .memory import MASK64, Words
 from .ops import Op
 from .sync import EXCL, READ, Lock, RcuDomain
@@ -38,6 +39,8 @@ _RCU_READ_LOCK, _RCU_READ_UNLOCK, _SYNC_RCU, _GP_WAIT = (
     O.RCU_READ_LOCK, O.RCU_READ_UNLOCK, O.SYNC_RCU, O.GP_WAIT)
 _CALL_RCU, _MIGHT_SLEEP, _SPAWN, _NOP, _VLOAD = (
     O.CALL_RCU, O.MIGHT_SLEEP, O.SPAWN, O.NOP, O.VLOAD)
+#: vector atomic kind -> ``vec.rmw``'s
+_VRMW = {O.VXCHG: vec.XCHG, O.VFETCH_AND: vec.AND, O.VFETCH_OR: vec.OR}
 _new_op = object.__new__
 
 ThreadFn = Callable[..., Generator[Op, Any, Any]]
@@ -594,23 +597,17 @@ class Machine:
             else:
                 view[sel] = np.asarray(op.a, dtype=np.uint64)[sel]
             return None
-        old = view.copy()
         mask = np.uint64(op.a & MASK64)
-        if k == O.VXCHG:
-            if sel is None:
-                view[:] = mask
-            else:
-                view[sel] = mask
-        elif k == O.VFETCH_AND:
-            if sel is None:
-                view &= mask
-            else:
-                view[sel] &= mask
+        how = _VRMW[k]
+        if sel is None:
+            return vec.rmw(view, mask, how)  # one pass: the old words, then the new
+        old = view.copy()
+        if how == vec.XCHG:
+            view[sel] = mask
+        elif how == vec.AND:
+            view[sel] &= mask
         else:
-            if sel is None:
-                view |= mask
-            else:
-                view[sel] |= mask
+            view[sel] |= mask
         return old
 
     # -- lockdep ---------------------------------------------------------------------

@@ -78,6 +78,7 @@ from typing import Any
 import numpy as np
 
 from . import ops as O
+from . import vec
 from .costmodel import SLEEP, SPIN, CostModel, load_cost_model
 from .machine import Machine, Violation
 from .profile import SPIN_LEAF, WAIT_LEAF, Profile, generator_stack
@@ -112,6 +113,9 @@ class _LineTable:
         """Record a write by ``tid`` at ``now`` to lines ``ls`` (a slice or an index
         array); return how many an atomic found written by another CPU within
         ``window`` (0 for a plain write)."""
+        if isinstance(ls, slice):  # one fused pass (``vec.touch_lines``)
+            return int(vec.touch_lines(self.time, self.tid1, ls.start, ls.stop, tid, now,
+                                       window, atomic))
         nc = 0
         if atomic:
             prev = self.tid1[ls]

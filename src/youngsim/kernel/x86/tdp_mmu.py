@@ -32,6 +32,7 @@ from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_rea
                     store, vfetch_and, vload, vstore, vxchg, xchg)
 from .ept import EptTables, ept_walk
 from . import spte as S
+from . import spte_vec as V
 
 if TYPE_CHECKING:
     from ..kvm.kvm_main import Kvm, KvmGfnRange
@@ -51,9 +52,13 @@ class TdpMmu(EptTables):
         self.kvm = kvm
         self.ad = ad_enabled
         self.chunk = chunk
-        #: ghost: how many times a lockless ager cleared each gfn's A bit (to tell when a
-        #: locked writer's stale write brings it back: "clears_clobbered")
-        self.ghost_lockless_clears = np.zeros(npages, dtype=np.uint32)
+        #: ghost: how many times a lockless ager cleared each gfn's A bit, modulo 256 (to
+        #: tell when a locked writer's stale write brings it back: "clears_clobbered").
+        #: Only ever compared for a change across one writer's read and write of one
+        #: SPTE, where 256 clears cannot fit, so a byte is enough. Written here, not left
+        #: to the OS to back lazily: the first aging pass should not pay the page faults.
+        self.ghost_lockless_clears = np.zeros(npages, dtype=np.uint8)
+        self.ghost_lockless_clears.fill(0)
 
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""
@@ -335,8 +340,8 @@ class TdpMmu(EptTables):
         young = False
         for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
             vals = yield vload(table, clo, chi, cost="spte_read")
-            acc = _vec(S.is_accessed_spte, vals)
-            if not acc.any():
+            acc, n = V.accessed(vals)
+            if not n:
                 continue
             # the seeded bug: only a test reports young, a clear forgets to say so
             young = young or test_only or not sys.bug("age-forgets-young")
@@ -355,39 +360,38 @@ class TdpMmu(EptTables):
     def _age_chunk(self, table: Any, base: int, lo: int, hi: int, vals: np.ndarray,
                    acc: np.ndarray, lockless: bool, accessed_volatile: bool) -> Gen:
         sys = self.sys
-        ad = acc & _vec(S.spte_ad_enabled, vals)
-        noad = acc ^ ad
-        if ad.any():
-            if sys.bug("plain-store-clear") and lockless:
-                # the seeded bug: write back the value read earlier, minus A
-                atomic = np.zeros(len(vals), dtype=bool)
-            elif lockless:
-                atomic = ad
-            else:  # tdp_mmu_clear_spte_bits: atomic only where the SPTE is volatile
-                atomic = ad & _needs_atomic_update(vals, accessed_volatile)
+        if sys.bug("plain-store-clear") and lockless:
+            # the seeded bug: write back the value read earlier, minus A
+            mode = V.NONE
+        elif lockless:
+            mode = V.LOCKLESS
+        else:  # tdp_mmu_clear_spte_bits: atomic only where the SPTE is volatile
+            mode = V.LOCKED
+        ad, atomic, n_ad, n_noad, n_atomic = V.age_select(vals, acc, mode,
+                                                          accessed_volatile)
+        if n_ad:
             old = vals
-            if atomic.all():  # (so is ad: one fetch-and over the whole chunk)
+            if n_atomic == len(vals):  # (so is ad: one fetch-and over the whole chunk)
                 # tdp_mmu_clear_spte_bits_atomic: atomic64_fetch_and
                 old = yield vfetch_and(table, lo, hi, ~S.shadow_accessed_mask,
                                        cost="spte_clear_young")
-                cleared = (old & _A) != 0
             else:
-                if atomic.any():
+                if n_atomic:
                     got = yield vfetch_and(table, lo, hi, ~S.shadow_accessed_mask,
                                            select=atomic, cost="spte_clear_young")
                     old = np.where(atomic, got, vals)
-                plain = ad & ~atomic
-                if plain.any():
+                if n_atomic < n_ad:
                     # a plain write of the value read earlier, minus A
                     yield vstore(table, lo,
                                  vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
-                                 select=None if plain.all() else plain, cost="spte_write")
-                cleared = ad & ((old & _A) != 0)
+                                 select=None if n_ad == len(vals) and not n_atomic
+                                 else ad & ~atomic, cost="spte_write")
+            cleared, _ = V.cleared(old, ad, self.ghost_lockless_clears, base + lo,
+                                   lockless)
             sys.ghost_cleared_many(base + lo, cleared)
-            if lockless:
-                self.ghost_lockless_clears[base + lo:base + hi] += cleared
-        if not noad.any():
+        if not n_noad:
             return
+        noad = acc & ~ad
         if lockless and not sys.design.lockless_access_tracking:
             sys.contract(False, f"{sys.design.name}: the lockless path met an A/D-disabled"
                          " SPTE; it must have reported failure so the caller falls back")
@@ -413,25 +417,14 @@ def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
 
 
-_A = np.uint64(S.shadow_accessed_mask)
-_P_A = np.uint64(S.SPTE_MMU_PRESENT_MASK | S.shadow_accessed_mask)
-_P_AD_A = np.uint64(S.SPTE_MMU_PRESENT_MASK | S.SPTE_AD_ENABLED | S.shadow_accessed_mask)
-
-
 def _vec(fn: Any, vals: np.ndarray) -> np.ndarray:
-    """Apply an SPTE predicate to a chunk (numpy vectorised for the common cases)."""
+    """Apply an SPTE predicate to a chunk (a fused kernel for the common ones)."""
     if fn is S.is_shadow_present_pte:
-        return (vals & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
+        return V.present(vals)[0]
     if fn is S.spte_ad_enabled:
-        return (vals & np.uint64(S.SPTE_AD_ENABLED)) != 0
+        return V.ad_enabled(vals)[0]
     if fn is S.is_accessed_spte:
-        # present and (A/D on ? A : hardware-present), in as few passes as possible
-        key = vals & _P_AD_A
-        acc = key == _P_AD_A
-        noad = (key | _A) == _P_A  # present, A/D off
-        if noad.any():
-            acc |= noad & ((vals & np.uint64(S.VMX_EPT_RWX_MASK)) != 0)
-        return acc
+        return V.accessed(vals)[0]
     return np.array([fn(int(v)) for v in vals], dtype=bool)
 
 
@@ -446,15 +439,3 @@ def should_clear_chunk(should_clear: Any, first: int, young: np.ndarray) -> np.n
     for k in np.flatnonzero(young):
         sel[k] = bool(should_clear(first + int(k)))
     return sel
-
-
-def _needs_atomic_update(vals: np.ndarray, accessed_volatile: bool) -> np.ndarray:
-    """``spte.spte_needs_atomic_update`` over a chunk."""
-    present = (vals & np.uint64(S.SPTE_MMU_PRESENT_MASK)) != 0
-    ad = (vals & np.uint64(S.SPTE_AD_ENABLED)) != 0
-    d_pending = (((vals & np.uint64(S.VMX_EPT_WRITABLE)) != 0)
-                 & ((vals & np.uint64(S.shadow_dirty_mask)) == 0))
-    out = ~ad | d_pending
-    if accessed_volatile:
-        out |= (vals & np.uint64(S.shadow_accessed_mask)) == 0
-    return present & out

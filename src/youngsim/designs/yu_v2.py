@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generator
 
+import numpy as np
+
 from ..kernel.kvm.kvm_main import (KvmHvaRange, __kvm_handle_hva_range, hva_to_gfn_memslot,
                                    gfn_to_hva, kvm_mmu_notifier_ops,
                                    mmu_notifier_to_kvm)
@@ -167,14 +169,14 @@ class ShouldClearYoung:
         args: TestClearYoungArgs = self.range.arg
         if args.bitmap is not None:
             return [young[k] and self(first + k) for k in range(len(young))]
-        idx = young.nonzero()[0]
-        if len(idx):
-            lo, hi = first + int(idx[0]), first + int(idx[-1])
+        k = int(young.argmax())  # the first young page, if any (stops at it)
+        if young[k]:
+            lo, hi = first + k, first + len(young) - 1 - int(young[::-1].argmax())
             if lo < self.range.start or hi >= self.range.end:
                 self.sys.contract(False, "kvm_should_clear_young: gfn "
                                   f"{lo if lo < self.range.start else hi} outside the range")
             args.young = True
-        return young & args.clear
+        return young if args.clear else np.zeros(len(young), dtype=bool)
 
 
 def kvm_arch_has_test_clear_young(kvm: "Kvm") -> bool:

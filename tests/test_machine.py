@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from youngsim.sim import (MASK64, Machine, RcuDomain, SpinLock, Words, alloc, cas,
                           fetch_add, fetch_and, fetch_or, free, load, nop, rcu_read_lock,
                           rcu_read_unlock, spawn, spin_lock, store, synchronize_rcu,
-                          vfetch_and, vfetch_or, vload, vstore, vxchg, wait_until, xchg)
+                          vcas, vfetch_and, vfetch_or, vload, vstore, vxchg, wait_until,
+                          xchg)
 from youngsim.sim import ops as O
 from youngsim.sim.explore import conflict, footprint, run_schedule, systematic
 
@@ -168,6 +169,18 @@ def test_vxchg_with_and_without_select():
                                                 vxchg(w, 2, 4, 5)])
     assert res == [[1, 2, 3], [9, 4]]
     assert mem == [1, 9, 5, 5]
+
+
+def test_vcas_swaps_each_selected_word_that_matches():
+    u = lambda *xs: np.array(xs, dtype=np.uint64)  # noqa: E731
+    sel = np.array([True, True, False, True])
+    mem, res = run_ops([5, 6, 7, 8, 9], lambda w: [
+        vcas(w, 1, 5, u(6, 0, 8, 9), u(60, 70, 80, 90), select=sel),
+        vcas(w, 0, 2, u(5, 6), u(50, 66))])
+    # word 1 matched (swapped), word 2 did not, word 3 matched but is not selected,
+    # word 4 matched; the second vcas finds word 1 changed, so only word 0 swaps
+    assert res == [[6, 7, 8, 9], [5, 60]]
+    assert mem == [50, 60, 7, 8, 90]
 
 
 def test_vfetch_and_accepts_negative_mask():

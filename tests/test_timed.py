@@ -19,7 +19,7 @@ import youngsim.sim.timed as timed_mod
 from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, Words, call_rcu,
                           cas, fetch_add, free, load, mutex_lock, mutex_unlock, nop,
                           rcu_read_lock, rcu_read_unlock, read_lock, read_unlock,
-                          spin_lock, spin_unlock, store, vfetch_and, vfetch_or, vload,
+                          spin_lock, spin_unlock, store, vcas, vfetch_and, vfetch_or, vload,
                           vstore, vxchg, wait_until, write_lock, write_unlock)
 from youngsim.sim.costmodel import (CostModel, load_cost_model, parse_cost_text)
 from youngsim.sim.program import Program
@@ -434,6 +434,21 @@ def test_cas_failures_are_counted():
     m.spawn(t)
     r = run_timed(m)
     assert r.cas_attempts == {"spte_cmpxchg": 2} and r.cas_failures == {"spte_cmpxchg": 1}
+
+
+def test_vector_cas_counts_each_selected_word():
+    m = Machine()
+    w = m.new_words("w", 4)
+    u = lambda *xs: np.array(xs, dtype=np.uint64)  # noqa: E731
+
+    def t():
+        # words 0 and 1 match, 2 does not, 3 is not selected: 3 attempts, 1 failure
+        yield vcas(w, 0, 4, u(0, 0, 7, 0), u(1, 1, 1, 1),
+                   select=np.array([True, True, True, False]), cost="spte_cmpxchg")
+    m.spawn(t)
+    r = run_timed(m)
+    assert r.cas_attempts == {"spte_cmpxchg": 3} and r.cas_failures == {"spte_cmpxchg": 1}
+    assert w.data.tolist() == [1, 1, 0, 0]
 
 
 # --- profiles ---------------------------------------------------------------------------------

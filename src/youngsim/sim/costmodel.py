@@ -50,10 +50,11 @@ from . import ops as O
 
 #: operation kinds by the names the cost file uses (``ops.KIND_NAMES``)
 KIND_BY_NAME = {name: k for k, name in O.KIND_NAMES.items()}
-VECTOR_KINDS = frozenset({O.VLOAD, O.VSTORE, O.VXCHG, O.VFETCH_AND, O.VFETCH_OR})
+VECTOR_KINDS = frozenset({O.VLOAD, O.VSTORE, O.VXCHG, O.VFETCH_AND, O.VFETCH_OR,
+                          O.VCAS})
 #: read-modify-write atomics: the ones the contended-line surcharge applies to
 ATOMIC_KINDS = frozenset({O.CAS, O.XCHG, O.FETCH_AND, O.FETCH_OR, O.FETCH_ADD,
-                          O.VXCHG, O.VFETCH_AND, O.VFETCH_OR})
+                          O.VXCHG, O.VFETCH_AND, O.VFETCH_OR, O.VCAS})
 
 #: categories the driver itself uses: waiting on a spinning lock or spin-wait loop, and
 #: sleeping (mutex, grace period)

@@ -591,6 +591,14 @@ class Machine:
         if k == O.VLOAD:
             return view.copy()
         sel = op.b
+        if k == O.VCAS:
+            expected, new = op.a
+            old = view.copy()
+            hit = old == expected
+            if sel is not None:
+                hit &= sel
+            view[hit] = np.asarray(new, dtype=np.uint64)[hit]
+            return old
         if k == O.VSTORE:
             if sel is None:
                 view[:] = op.a

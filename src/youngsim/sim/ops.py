@@ -57,6 +57,7 @@ VFETCH_AND = 26
 VFETCH_OR = 27
 VSTORE = 28
 VXCHG = 29
+VCAS = 30
 
 KIND_NAMES = {
     LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
@@ -67,6 +68,7 @@ KIND_NAMES = {
     SYNC_RCU: "synchronize_rcu", GP_WAIT: "gp_wait", CALL_RCU: "call_rcu",
     MIGHT_SLEEP: "might_sleep", SPAWN: "spawn", NOP: "nop", VLOAD: "vload",
     VFETCH_AND: "vfetch_and", VFETCH_OR: "vfetch_or", VSTORE: "vstore", VXCHG: "vxchg",
+    VCAS: "vcas",
 }
 
 #: Kinds that may sleep: illegal inside an RCU read section or with a spinning lock held.
@@ -121,7 +123,7 @@ class Op:
             where = f"{self.obj.name}[{self.lo}]"
             args = [x for x in (self.a, self.b) if x is not None]
             return f"{name}({', '.join([where] + [_hex(x) for x in args])})"
-        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE, VXCHG):
+        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE, VXCHG, VCAS):
             where = f"{self.obj.name}[{self.lo}:{self.hi}]"
             extra = f", {_hex(self.a)}" if isinstance(self.a, int) else ""
             return f"{name}({where}{extra})"
@@ -243,6 +245,15 @@ def vfetch_or(w: "Words", lo: int, hi: int, mask: int, select: Any = None,
               cost: str | None = None) -> Op:
     """Atomic OR of ``mask`` into each selected word of ``w[lo:hi]``; returns old words."""
     return _op(VFETCH_OR, w, lo, hi, True, mask, select, cost, False)
+
+
+def vcas(w: "Words", lo: int, hi: int, old: Any, new: Any, select: Any = None,
+         cost: str | None = None) -> Op:
+    """A cmpxchg of each selected word of ``w[lo:hi]``: word ``k`` becomes ``new[k]``
+    if it equals ``old[k]`` (numpy arrays of the chunk's length). Returns the words
+    found (word ``k``'s cmpxchg succeeded iff ``found[k] == old[k]``). Per word the
+    update is atomic; the chunk as a whole is not (a loop of ``try_cmpxchg64``)."""
+    return _op(VCAS, w, lo, hi, True, (old, new), select, cost, False)
 
 
 def free(w: "Words", cost: str | None = None) -> Op:

@@ -92,7 +92,7 @@ from .sync import READ
 _M32 = (1 << 32) - 1
 _UNSEEN: Any = object()
 _BLOCKING = frozenset({O.GRANT, O.GP_WAIT, O.WAIT})
-_VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR})
+_VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR, O.VCAS})
 #: objects of at least this many words keep their cache-line stamps in numpy arrays
 #: (``_LineTable``) instead of the driver's dict: a vector operation over a large table
 #: then updates its lines with a few array operations, not one dict entry per line
@@ -872,6 +872,8 @@ class TimedDriver:
                     elif kc == KC_VEC:
                         c, nc = self._vector(op, k, info, tid, now)
                         contended += nc
+                        if k == O.VCAS:
+                            self._vcas(op, lab)
                 if info[4]:  # a remote TLB flush batch label
                     c += self._flush_batch(tid, t.steps)
                 cid = info[3]
@@ -1025,6 +1027,21 @@ class TimedDriver:
         d = w.data
         if not w.freed and 0 <= op.lo < len(d) and int(d[op.lo]) != op.a:
             self._cas_fail[key] = self._cas_fail.get(key, 0) + 1
+
+    def _vcas(self, op: O.Op, lab: str | None) -> None:
+        """A vector cmpxchg's attempts and failures, as ``_cas`` counts a scalar one's."""
+        key = lab if lab is not None else "<cas>"
+        w = op.obj
+        if w.freed or not 0 <= op.lo <= op.hi <= len(w.data):
+            return
+        expected = op.a[0]
+        miss = w.data[op.lo:op.hi] != expected
+        sel = op.b
+        n = op.hi - op.lo if sel is None else int(np.count_nonzero(sel))
+        fails = int(np.count_nonzero(miss if sel is None else miss & sel))
+        self._cas_att[key] = self._cas_att.get(key, 0) + n
+        if fails:
+            self._cas_fail[key] = self._cas_fail.get(key, 0) + fails
 
     def _vector(self, op: O.Op, k: int, info: list[Any], tid: int, now: int
                 ) -> tuple[int, int]:

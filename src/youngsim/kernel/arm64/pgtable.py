@@ -80,8 +80,9 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
-                    vload, vstore, vxchg, xchg)
+                    vcas, vload, vstore, vxchg, xchg)
 from ..hw.tables import TwoLevelTables
+from ..kvm.arch import should_clear_chunk
 
 if TYPE_CHECKING:
     from ..system import System
@@ -118,6 +119,10 @@ RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_FIXED, RET_PF_SPURIOUS = 0, 1, 2, 3
 __all__ = [n for n in dir() if n.isupper()] + ["Stage2Pgtable", "kvm_pte_valid",
                                                "kvm_pte_to_pfn", "kvm_init_table_pte",
                                                "kvm_init_valid_leaf_pte"]
+
+
+_NOT_AF = np.uint64(~AF & MASK)
+_VALID_AF = np.uint64(KVM_PTE_VALID | AF)
 
 
 def kvm_pte_valid(pte: int) -> bool:
@@ -417,13 +422,10 @@ class Stage2Pgtable(TwoLevelTables):
             if not acc.any():
                 return 0
             young = True
-            for k in np.flatnonzero(acc):
-                sys.ghost_seen_young(self.gfn_of(ri, lo + int(k)))
+            sys.ghost_seen_young_many(self.gfn_of(ri, lo), acc)
             if should_clear is not None:
-                sel = np.zeros(len(acc), dtype=bool)
-                for k in np.flatnonzero(acc):
-                    sel[k] = bool(should_clear(self.gfn_of(ri, lo + int(k))))
-                acc = acc & sel
+                # called for every young page, in gfn order (or once for the chunk)
+                acc = acc & should_clear_chunk(should_clear, self.gfn_of(ri, lo), acc)
             elif not mkold:
                 return 0
             if not mkold or not acc.any():
@@ -454,18 +456,16 @@ class Stage2Pgtable(TwoLevelTables):
             # seeded bug: write back the value read earlier, minus AF
             yield from self._plain_clear(table, ri, lo, vals, sel)
             return
-        for k in np.flatnonzero(sel):
-            v = int(vals[k])
-            r = yield cas(table, lo + int(k), v, v & ~AF, cost="spte_cmpxchg")
-            if r == v:
-                sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+        # one cmpxchg per selected descriptor (a vector of them: one per entry if checked)
+        found = yield vcas(table, lo, lo + len(vals), vals, vals & _NOT_AF, select=sel,
+                           cost="spte_cmpxchg")
+        sys.ghost_cleared_many(self.gfn_of(ri, lo), sel & (found == vals))
 
     def _plain_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
                      sel: np.ndarray) -> Gen:
         """Write back the descriptors read earlier, minus ``AF`` (``WRITE_ONCE``)."""
-        yield vstore(table, lo, vals & np.uint64(~AF & MASK), select=sel, cost="spte_write")
-        for k in np.flatnonzero(sel):
-            self.sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
+        yield vstore(table, lo, vals & _NOT_AF, select=sel, cost="spte_write")
+        self.sys.ghost_cleared_many(self.gfn_of(ri, lo), sel)
 
     def _locked_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
                       sel: np.ndarray) -> Gen:
@@ -478,14 +478,15 @@ class Stage2Pgtable(TwoLevelTables):
         if not self.hw_af:
             yield from self._plain_clear(table, ri, lo, vals, sel)
             return
-        for k in np.flatnonzero(sel):
-            v = int(vals[k])
-            while kvm_pte_young(v):
-                r = yield cas(table, lo + int(k), v, v & ~AF, cost="spte_clear_young")
-                if r == v:
-                    sys.ghost_cleared(self.gfn_of(ri, lo + int(k)))
-                    break
-                v = r
+        first = self.gfn_of(ri, lo)
+        cur, pending = vals, sel
+        while pending.any():  # retry each descriptor on the value found, while young
+            found = yield vcas(table, lo, lo + len(vals), cur, cur & _NOT_AF,
+                               select=pending, cost="spte_clear_young")
+            done = pending & (found == cur)
+            sys.ghost_cleared_many(first, done)
+            cur = np.where(done, cur, found)
+            pending = pending & ~done & ((found & _VALID_AF) == _VALID_AF)
 
 
 def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
+import numpy as np
+
 from ...sim import Op
 
 if TYPE_CHECKING:
@@ -86,3 +88,16 @@ class KvmArchMmu:
         """Unlink and free leaf table ``idx`` as the MMU does (mmu_lock held for write);
         True if the caller must still flush TLBs."""
         raise NotImplementedError
+
+
+def should_clear_chunk(should_clear: Any, first: int, young: np.ndarray) -> np.ndarray:
+    """``should_clear`` asked for every young page of a chunk (gfn ``first + k`` where
+    ``young[k]``), in gfn order; its ``chunk(first, young)`` answers at once if it has
+    one (a design whose answer does not depend on the page: no bitmap)."""
+    chunk = getattr(should_clear, "chunk", None)
+    if chunk is not None:
+        return np.asarray(chunk(first, young), dtype=bool)
+    sel = np.zeros(len(young), dtype=bool)
+    for k in np.flatnonzero(young):
+        sel[k] = bool(should_clear(first + int(k)))
+    return sel

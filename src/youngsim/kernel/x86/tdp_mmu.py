@@ -30,6 +30,7 @@ import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vxchg, xchg)
+from ..kvm.arch import should_clear_chunk
 from .ept import EptTables, ept_walk
 from . import spte as S
 from . import spte_vec as V
@@ -426,16 +427,3 @@ def _vec(fn: Any, vals: np.ndarray) -> np.ndarray:
     if fn is S.is_accessed_spte:
         return V.accessed(vals)[0]
     return np.array([fn(int(v)) for v in vals], dtype=bool)
-
-
-def should_clear_chunk(should_clear: Any, first: int, young: np.ndarray) -> np.ndarray:
-    """``should_clear`` asked for every young page of a chunk (gfn ``first + k`` where
-    ``young[k]``), in gfn order; its ``chunk(first, young)`` answers at once if it has
-    one (a design whose answer does not depend on the page: no bitmap)."""
-    chunk = getattr(should_clear, "chunk", None)
-    if chunk is not None:
-        return np.asarray(chunk(first, young), dtype=bool)
-    sel = np.zeros(len(young), dtype=bool)
-    for k in np.flatnonzero(young):
-        sel[k] = bool(should_clear(first + int(k)))
-    return sel

@@ -5,7 +5,8 @@ size; ``--size 64G`` for a quick look). Prints plain text with the target and a
 PASS/FAIL word; it never fails the process on a missed target (speed depends on the
 machine): read the words.
 
-What is timed, per design on the x86 TDP MMU with A/D bits:
+What is timed, per design, on the x86 TDP MMU with A/D bits (``--mmu x86-tdp``, the
+default) or an arm64 stage 2 (``--mmu arm64``: hardware AF; ``arm64-swaf``: software AF):
 
 - the host: ``check.model.build_system`` with a prefaulted primary MMU of ``--size``
   bytes of 4 KiB pages (268 M pages at 1 TiB) and one VM mapping all of it, every SPTE
@@ -59,13 +60,15 @@ import numpy as np
 from _common import verdict
 from youngsim.check.model import build_system, prepopulate_all
 from youngsim.designs import DESIGNS
+from youngsim.kernel.arm64.pgtable import AF
 from youngsim.kernel.x86 import spte as S
 from youngsim.perf.harness import fmt_size, parse_size, perf_cost_model
 from youngsim.sim import Machine
 from youngsim.sim.timed import TimedDriver
 
 TARGET = 2.0
-MMU = "x86-tdp"
+#: the MMU variants the benchmark runs on, and the bit that makes a leaf entry young
+YOUNG_BIT = {"x86-tdp": S.shadow_accessed_mask, "arm64": AF, "arm64-swaf": AF}
 
 
 def best_of(n: int, fn: Any) -> float:
@@ -85,8 +88,8 @@ def stream_times(data: np.ndarray) -> tuple[float, float]:
     return read, rmw
 
 
-def young_sptes(arena: np.ndarray) -> int:
-    return int(np.count_nonzero(arena & np.uint64(S.shadow_accessed_mask)))
+def young_sptes(arena: np.ndarray, mmu: str) -> int:
+    return int(np.count_nonzero(arena & np.uint64(YOUNG_BIT[mmu])))
 
 
 def one_pass(sys: Any, cm: Any) -> tuple[float, Any, list[Any]]:
@@ -106,10 +109,10 @@ def one_pass(sys: Any, cm: Any) -> tuple[float, Any, list[Any]]:
     return time.perf_counter() - t0, r, ret
 
 
-def bench_design(name: str, npages: int, chunk: int, cm: Any) -> dict[str, Any]:
+def bench_design(name: str, mmu: str, npages: int, chunk: int, cm: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     m = Machine()
-    sys = build_system(m, name, MMU, npages=npages, nvcpus=1, chunk=chunk,
+    sys = build_system(m, name, mmu, npages=npages, nvcpus=1, chunk=chunk,
                        prefault_primary=True)
     m.invariants.clear()
     m.watches.clear()
@@ -120,10 +123,10 @@ def bench_design(name: str, npages: int, chunk: int, cm: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"design": name, "setup_s": setup_s}
     read, rmw = stream_times(arena)
     out["stream_read_s"], out["stream_rmw_s"] = read, rmw
-    young0 = young_sptes(arena)
+    young0 = young_sptes(arena, mmu)
     for k in (1, 2):
         wall, r, ret = one_pass(sys, cm)
-        left = young_sptes(arena)
+        left = young_sptes(arena, mmu)
         ok = r.violation is None and r.stopped == "done" and left == 0
         ok = ok and (bool(ret and ret[0]) if k == 1 else True)
         out[f"pass{k}"] = {"wall_s": wall, "virtual_ns": r.end_ns, "steps": r.steps,
@@ -150,13 +153,13 @@ def tune_malloc() -> str:
             else "glibc mallopt unavailable: allocator left as is")
 
 
-def warm_up(chunk: int, cm: Any, designs: list[str]) -> None:
+def warm_up(mmu: str, chunk: int, cm: Any, designs: list[str]) -> None:
     """Run each design's pass once over a small guest, untimed: the compiled kernels
     (numba) are loaded or compiled on their first call, a cost of the process, not of
     a pass."""
     for name in designs:
-        if not DESIGNS[name].applies(MMU):
-            bench_design(name, max(4 * chunk, 1 << 16), chunk, cm)
+        if not DESIGNS[name].applies(mmu):
+            bench_design(name, mmu, max(4 * chunk, 1 << 16), chunk, cm)
 
 
 def main() -> int:
@@ -166,6 +169,8 @@ def main() -> int:
                     help="entries per vector operation (default 131072: 1 MiB, the "
                          "fastest measured here; 32768 pays more driver steps per byte, "
                          "524288 falls out of L2 and L3 faster)")
+    ap.add_argument("--mmu", default="x86-tdp", choices=sorted(YOUNG_BIT),
+                    help="secondary MMU variant (default x86-tdp)")
     ap.add_argument("--designs", default=",".join(DESIGNS),
                     help="comma-separated designs (default: all)")
     a = ap.parse_args()
@@ -180,20 +185,20 @@ def main() -> int:
         return 2
     npages = size // 4096
     print(f"== one aging pass (mmu_notifier_clear_young over the whole VMA) over a "
-          f"{fmt_size(size)} guest: {npages:,} SPTEs ({fmt_size(npages * 8)}) on {MMU}, "
+          f"{fmt_size(size)} guest: {npages:,} SPTEs ({fmt_size(npages * 8)}) on {a.mmu}, "
           f"chunk {a.chunk} entries")
     print(f"python {platform.python_version()} on {platform.machine()}, numpy "
           f"{np.__version__}")
     print(tune_malloc())
     cm = perf_cost_model()
-    warm_up(a.chunk, cm, designs)
+    warm_up(a.mmu, a.chunk, cm, designs)
     worst = 0.0
     for name in designs:
-        reason = DESIGNS[name].applies(MMU)
+        reason = DESIGNS[name].applies(a.mmu)
         if reason:
-            print(f"{name:<15} does not apply to {MMU}: {reason}")
+            print(f"{name:<15} does not apply to {a.mmu}: {reason}")
             continue
-        r = bench_design(name, npages, a.chunk, cm)
+        r = bench_design(name, a.mmu, npages, a.chunk, cm)
         p1, p2 = r["pass1"], r["pass2"]
         ratio = p1["wall_s"] / r["stream_read_s"]
         worst = max(worst, ratio if p1["ok"] else float("inf"))

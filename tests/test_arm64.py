@@ -224,8 +224,8 @@ def test_hw_af_tlb_hit_sets_nothing():
 
 # -- seeded bugs ----------------------------------------------------------------------
 
-def _plain_store_clear(self: Any, table: Any, ri: int, lo: int, vals: np.ndarray,
-                       sel: np.ndarray) -> Any:
+def _plain_store_clear(self: Any, table: Any, lo: int, vals: np.ndarray,
+                       sel: np.ndarray, first: int) -> Any:
     """The bug: write back the descriptor read earlier, minus AF (no cmpxchg)."""
     yield vstore(table, lo, vals & np.uint64(~P.AF & P.MASK), select=sel,
                  cost="spte_write")

@@ -141,13 +141,23 @@ def test_run_mode_uses_one_vector_operation_per_stretch():
     assert counts["spte_read"] == 4 and counts["spte_clear_young"] == 2
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(design=st.sampled_from(["upstream", "upstream-6.12", "yu-v2", "reviewed", "legacy"]),
-       mmu=st.sampled_from(["arm64", "arm64-swaf"]), npages=st.integers(1, 3 * PER),
-       seed=st.integers(0, 2**16), chunk=st.sampled_from([7, 64, PER]))
-def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, npages, seed, chunk):
-    """Stage 2 clears with a cmpxchg per descriptor: a chunk's worth as one ``vcas``
-    must leave the same descriptors, answer and counters as one ``cas`` per entry."""
+       mmu=st.sampled_from(["arm64", "arm64-swaf"]), ntables=st.integers(1, 5),
+       tail=st.integers(0, PER - 1), seed=st.integers(0, 2**16),
+       chunk=st.sampled_from([7, 64, PER, 2 * PER, 3 * PER, 8 * PER]), data=st.data())
+def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, ntables, tail, seed,
+                                                         chunk, data):
+    """Stage 2 clears with a cmpxchg per descriptor: a chunk's worth as one ``vcas``, and
+    with a chunk of several tables a run of set-up's tables as chunks of the arena, must
+    leave the same descriptors, answer and counters as one ``cas`` per entry, with
+    zapped and re-faulted tables in the range."""
+    npages = max(1, (ntables - 1) * PER + tail)
+    nroot = (npages + PER - 1) // PER
+    zap = data.draw(st.lists(st.integers(0, nroot - 1), unique=True, max_size=nroot))
+    refault = data.draw(st.lists(st.sampled_from([ri * PER + k for ri in zap
+                                                  for k in (0, 3) if ri * PER + k < npages]),
+                                 unique=True, max_size=3)) if zap else []
     results = []
     for c in (1, chunk):
         m = Machine()
@@ -156,10 +166,18 @@ def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, npages, se
         prepopulate_all(sys, write=False, young=True)
         tables = sys.kvms[0].arch.tables
         old = np.random.default_rng(seed).random(npages) < 0.5
-        for g in np.flatnonzero(old):  # some descriptors old (AF clear)
-            ri, li = tables.split(int(g))
-            table = tables.child(int(tables.root.data[ri]))
-            table.data[li] &= np.uint64(~AF & S.MASK)
+        tables.arena.data[:npages][old] &= np.uint64(~AF & S.MASK)  # some AF clear
+        kvm = sys.kvms[0]
+
+        def zapper() -> Any:
+            yield write_lock(kvm.mmu_lock)
+            for ri in zap:
+                yield from kvm.arch.zap_leaf_table(kvm, ri)
+            yield write_unlock(kvm.mmu_lock)
+
+        finish(m, zapper)
+        for g in refault:
+            finish(m, guest_access, sys, kvm.vcpus[0], g, True)
         mm = sys.mm
         ret = finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
         results.append((bool(ret), tables.leaf_entries_now(), dict(m.counters)))
@@ -172,7 +190,7 @@ def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, npages, se
                                           ("upstream", "spte_clear_young")])
 def test_stage2_clears_a_chunk_with_one_vector_cmpxchg(design, label):
     m = Machine()
-    sys = build_system(m, design, "arm64", npages=2 * PER, nvcpus=1, chunk=PER)
+    sys = build_system(m, design, "arm64", npages=4 * PER, nvcpus=1, chunk=PER)
     m.invariants.clear()
     prepopulate_all(sys, write=False, young=True)
     kinds: dict[str, int] = {}
@@ -188,4 +206,25 @@ def test_stage2_clears_a_chunk_with_one_vector_cmpxchg(design, label):
     m.step = counting  # type: ignore[method-assign]
     mm = sys.mm
     assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
-    assert kinds == {"vcas": 2}  # one per leaf table, not one per descriptor
+    assert kinds == {"vcas": 4}  # one per leaf table, not one per descriptor
+
+
+def test_stage2_run_mode_clears_a_run_of_tables_with_one_vcas():
+    m = Machine()
+    sys = build_system(m, "yu-v2", "arm64", npages=8 * PER, nvcpus=1, chunk=4 * PER)
+    m.invariants.clear()
+    prepopulate_all(sys, write=False, young=True)
+    counts: dict[str, int] = {}
+    step = m.step
+
+    def counting(tid: int) -> None:
+        op = m.threads[tid].pending
+        name = op.describe().split("(")[0]
+        counts[name] = counts.get(name, 0) + 1
+        step(tid)
+
+    m.step = counting  # type: ignore[method-assign]
+    mm = sys.mm
+    assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+    # 8 tables in runs of 4: two descriptor loads, two arena loads, two vcas
+    assert counts["vload"] == 4 and counts["vcas"] == 2 and "cas" not in counts

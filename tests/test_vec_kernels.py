@@ -12,6 +12,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from youngsim.kernel.arm64 import pgtable as P
 from youngsim.kernel.x86 import spte as S
 from youngsim.kernel.x86 import spte_vec as V
 from youngsim.sim import vec
@@ -143,3 +144,77 @@ def test_touch_lines_is_the_line_table_rule(history: list[tuple[int, int]], lo: 
     got = vec.touch_lines(time, tid1, lo, hi, tid, now, window, atomic)
     assert got == want
     assert (time[lo:hi] == now).all() and (tid1[lo:hi] == tid + 1).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3),
+                          st.booleans()), max_size=60), st.booleans())
+def test_cas_swaps_each_selected_word_that_matches(rows: list[tuple[int, int, int, bool]],
+                                                   all_selected: bool) -> None:
+    view = np.array([r[0] for r in rows], dtype=np.uint64)
+    expected = np.array([r[1] for r in rows], dtype=np.uint64)
+    new = np.array([r[2] for r in rows], dtype=np.uint64)
+    sel = np.array([r[3] for r in rows], dtype=bool) | all_selected
+    before = view.copy()
+    old = vec.cas(view, expected, new, sel, all_selected)
+    assert old.tolist() == before.tolist()
+    hit = sel & (before == expected)
+    assert view.tolist() == np.where(hit, new, before).tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10)), max_size=40),
+       st.lists(st.booleans(), max_size=40), st.integers(0, 8), st.integers(0, 2),
+       st.integers(0, 30), st.booleans())
+@example([(1, 0)], [True, True], 0, 0, 0, True)  # two words of one line: counted once
+def test_touch_selected_is_touch_lines_over_the_selected_lines(
+        history: list[tuple[int, int]], sel: list[bool], lo: int, tid: int,
+        now_after: int, atomic: bool) -> None:
+    shift, window, nlines = 2, 20, 16  # 4 words a line
+    time = np.zeros(nlines, dtype=np.int64)
+    tid1 = np.zeros(nlines, dtype=np.int32)
+    t = 0
+    for k, (who, step) in enumerate(history):
+        t += step
+        time[k % nlines], tid1[k % nlines] = t, who + 1
+    now = t + now_after
+    ref_t, ref_id = time.copy(), tid1.copy()
+    lines = sorted({(lo + k) >> shift for k, s in enumerate(sel) if s})
+    want = sum(vec.touch_lines(ref_t, ref_id, ln, ln + 1, tid, now, window, atomic)
+               for ln in lines)
+    got = vec.touch_selected(time, tid1, np.array(sel, dtype=bool), lo, shift, tid, now,
+                             window, atomic)
+    assert got == want
+    assert time.tolist() == ref_t.tolist() and tid1.tolist() == ref_id.tolist()
+
+
+S2_BITS = [P.KVM_PTE_VALID, P.AF, P.S2AP_R, P.S2AP_W, P.DBM, 1 << P.PAGE_SHIFT]
+descriptors = st.lists(st.lists(st.sampled_from(S2_BITS), max_size=len(S2_BITS))
+                       .map(lambda bs: sum(set(bs))), max_size=200)
+
+
+@settings(max_examples=100, deadline=None)
+@given(descriptors)
+def test_stage2_young_is_kvm_pte_young(values: list[int]) -> None:
+    got, n = P.stage2_young(arr(values))
+    want = scalar(P.kvm_pte_young, values)
+    assert got.tolist() == want.tolist() and n == int(want.sum())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(S2_BITS), st.sampled_from(S2_BITS),
+                          st.booleans()), max_size=100))
+def test_stage2_cas_outcome_is_the_per_descriptor_loop(rows: list[tuple[int, int, bool]]
+                                                      ) -> None:
+    """Per descriptor, as the kernel's loop reads one cmpxchg: swapped if it found what
+    it expected; else retried from what it found, while that is young."""
+    found = arr([r[0] for r in rows])
+    cur = arr([r[1] for r in rows])
+    pending = np.array([r[2] for r in rows], dtype=bool)
+    done, nxt, retry, n_done, n_retry = P.stage2_cas_outcome(found, cur, pending)
+    for k, (f, c, p) in enumerate(rows):
+        assert done[k] == (p and f == c)
+        assert retry[k] == (p and f != c and P.kvm_pte_young(f))
+        if retry[k]:
+            assert nxt[k] == f
+    assert n_done == int(done.sum()) and n_retry == int(retry.sum())

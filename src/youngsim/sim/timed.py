@@ -93,6 +93,7 @@ _M32 = (1 << 32) - 1
 _UNSEEN: Any = object()
 _BLOCKING = frozenset({O.GRANT, O.GP_WAIT, O.WAIT})
 _VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR, O.VCAS})
+_NO_SEL = np.zeros(0, dtype=bool)
 #: objects of at least this many words keep their cache-line stamps in numpy arrays
 #: (``_LineTable``) instead of the driver's dict: a vector operation over a large table
 #: then updates its lines with a few array operations, not one dict entry per line
@@ -109,21 +110,21 @@ class _LineTable:
         self.time = np.zeros(nlines, dtype=np.int64)  # lazily backed by the OS
         self.tid1 = np.zeros(nlines, dtype=np.int32)
 
-    def touch(self, ls: Any, tid: int, now: int, window: int, atomic: bool) -> int:
-        """Record a write by ``tid`` at ``now`` to lines ``ls`` (a slice or an index
-        array); return how many an atomic found written by another CPU within
-        ``window`` (0 for a plain write)."""
-        if isinstance(ls, slice):  # one fused pass (``vec.touch_lines``)
-            return int(vec.touch_lines(self.time, self.tid1, ls.start, ls.stop, tid, now,
-                                       window, atomic))
-        nc = 0
-        if atomic:
-            prev = self.tid1[ls]
-            nc = int(np.count_nonzero((prev != 0) & (prev != tid + 1)
-                                      & (now - self.time[ls] < window)))
-        self.time[ls] = now
-        self.tid1[ls] = tid + 1
-        return nc
+    def touch(self, lo: int, hi: int, tid: int, now: int, window: int,
+              atomic: bool) -> int:
+        """Record a write by ``tid`` at ``now`` to lines ``[lo, hi)``; return how many
+        an atomic found written by another CPU within ``window`` (0 for a plain
+        write). One compiled pass (``vec.touch_lines``)."""
+        return int(vec.touch_lines(self.time, self.tid1, lo, hi, tid, now, window,
+                                   atomic))
+
+    def touch_selected(self, sel: Any, lo: int, shift: int, tid: int, now: int,
+                       window: int, atomic: bool) -> int:
+        """``touch`` for the lines holding word ``lo + k`` wherever ``sel[k]`` (lines of
+        ``1 << shift`` words), each line once."""
+        return int(vec.touch_selected(self.time, self.tid1, sel, lo, shift, tid, now,
+                                      window, atomic))
+
 _NKINDS = max(O.KIND_NAMES) + 1
 _WAIT = O.WAIT
 #: per kind: may it block (a list index is cheaper than a set lookup in the hot loop)
@@ -855,7 +856,7 @@ class TimedDriver:
                             big = self._line_table(obj)
                         if big is not None:  # a large object's lines: in arrays
                             ln = op.lo >> lshift
-                            nc = big.touch(slice(ln, ln + 1), tid, now, window, k != STORE)
+                            nc = big.touch(ln, ln + 1, tid, now, window, k != STORE)
                             c += nc * surcharge
                             contended += nc
                         else:
@@ -1034,11 +1035,10 @@ class TimedDriver:
         w = op.obj
         if w.freed or not 0 <= op.lo <= op.hi <= len(w.data):
             return
-        expected = op.a[0]
-        miss = w.data[op.lo:op.hi] != expected
         sel = op.b
-        n = op.hi - op.lo if sel is None else int(np.count_nonzero(sel))
-        fails = int(np.count_nonzero(miss if sel is None else miss & sel))
+        n, fails = vec.count_mismatches(w.data[op.lo:op.hi],
+                                        np.asarray(op.a[0], dtype=np.uint64),
+                                        _NO_SEL if sel is None else sel, sel is None)
         self._cas_att[key] = self._cas_att.get(key, 0) + n
         if fails:
             self._cas_fail[key] = self._cas_fail.get(key, 0) + fails
@@ -1059,9 +1059,12 @@ class TimedDriver:
         if big is _UNSEEN:
             big = self._line_table(op.obj)
         if big is not None:
-            where: Any = (slice(op.lo >> s, ((op.hi - 1) >> s) + 1) if sel is None
-                          else np.unique((np.flatnonzero(sel) + op.lo) >> s))
-            nc = big.touch(where, tid, now, self._window, k in _VATOMIC)
+            if sel is None or n == op.hi - op.lo:  # every word: the lines of the range
+                nc = big.touch(op.lo >> s, ((op.hi - 1) >> s) + 1, tid, now,
+                               self._window, k in _VATOMIC)
+            else:
+                nc = big.touch_selected(sel, op.lo, s, tid, now, self._window,
+                                        k in _VATOMIC)
             return c + nc * self._surcharge, nc
         base = op.obj.oid << 32
         if sel is None:

@@ -8,7 +8,7 @@ with numba it is one loop that reads each word once. The same goes for stamping 
 lines a large vector write touched (``timed._LineTable``).
 
 ``Machine._execute_vector`` and ``_LineTable.touch`` define what these do; the tests check
-the kernels against the numpy expressions they replace (``tests/test_sim_vec.py``).
+the kernels against the numpy expressions they replace (``tests/test_vec_kernels.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,38 @@ def rmw(view: np.ndarray, value: np.uint64, kind: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def cas(view: np.ndarray, expected: np.ndarray, new: np.ndarray, sel: np.ndarray,
+        all_selected: bool) -> np.ndarray:
+    """A cmpxchg of each word of ``view`` that ``sel`` selects (every word if
+    ``all_selected``): where it equals ``expected``, write ``new``. Returns the words
+    found."""
+    n = len(view)
+    old = np.empty(n, np.uint64)
+    zero = np.uint64(0)
+    for i in range(n):  # branch-free: write v or new[i] through a mask
+        v = view[i]
+        old[i] = v
+        hit = (all_selected | sel[i]) & (v == expected[i])
+        m = zero - np.uint64(hit)
+        view[i] = v ^ ((v ^ new[i]) & m)
+    return old
+
+
+@njit(cache=True, nogil=True)
+def count_mismatches(view: np.ndarray, expected: np.ndarray, sel: np.ndarray,
+                     all_selected: bool) -> tuple[int, int]:
+    """For a vector cmpxchg about to run: (attempts, failures), the selected words and
+    those of them not equal to ``expected``."""
+    att = 0
+    fail = 0
+    for i in range(len(view)):
+        s = all_selected | sel[i]
+        att += s
+        fail += s & (view[i] != expected[i])
+    return att, fail
+
+
+@njit(cache=True, nogil=True)
 def touch_lines(time: np.ndarray, tid1: np.ndarray, lo: int, hi: int, tid: int,
                 now: int, window: int, atomic: bool) -> int:
     """Stamp lines ``[lo, hi)`` as written by ``tid`` at ``now``; for an atomic, first
@@ -59,4 +91,25 @@ def touch_lines(time: np.ndarray, tid1: np.ndarray, lo: int, hi: int, tid: int,
     for ln in range(lo, hi):
         time[ln] = now
         tid1[ln] = me
+    return nc
+
+
+@njit(cache=True, nogil=True)
+def touch_selected(time: np.ndarray, tid1: np.ndarray, sel: np.ndarray, lo: int,
+                   shift: int, tid: int, now: int, window: int, atomic: bool) -> int:
+    """``touch_lines`` for the lines holding a selected word (word ``lo + k`` where
+    ``sel[k]``; a line holds ``1 << shift`` words), each line once."""
+    me = np.int32(tid + 1)
+    nc = 0
+    last = -1
+    for i in range(len(sel)):
+        if sel[i]:
+            ln = (lo + i) >> shift
+            if ln != last:
+                last = ln
+                if atomic:
+                    p = tid1[ln]
+                    nc += (p != 0) & (p != me) & (now - time[ln] < window)
+                time[ln] = now
+                tid1[ln] = me
     return nc

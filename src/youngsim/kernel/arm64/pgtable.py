@@ -78,6 +78,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import numpy as np
+from numba import njit
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     vcas, vload, vstore, vxchg, xchg)
@@ -122,7 +123,6 @@ __all__ = [n for n in dir() if n.isupper()] + ["Stage2Pgtable", "kvm_pte_valid",
 
 
 _NOT_AF = np.uint64(~AF & MASK)
-_VALID_AF = np.uint64(KVM_PTE_VALID | AF)
 
 
 def kvm_pte_valid(pte: int) -> bool:
@@ -172,7 +172,7 @@ def _chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
 
 
-Visitor = Callable[[Any, int, int, np.ndarray], Gen]
+Visitor = Callable[[Any, int, np.ndarray, int], Gen]
 
 
 class Stage2Pgtable(TwoLevelTables):
@@ -217,8 +217,14 @@ class Stage2Pgtable(TwoLevelTables):
                          lockless: bool = False) -> Gen:
         """``kvm_pgtable_walk`` with ``KVM_PGTABLE_WALK_LEAF`` over gfns [start, end):
         ``kvm_pgtable_walk_begin``, then per leaf table one load of the table descriptor
-        and one ``vload`` per chunk, handed to ``visitor(table, ri, lo, values)``. A
+        and one ``vload`` per chunk, handed to ``visitor(table, lo, values, gfn)``
+        (``values`` are the table's entries from ``lo``; the first maps ``gfn``). A
         nonzero visitor return stops the walk and is returned.
+
+        With a chunk of several leaf tables (large guests), a run of them is walked as
+        the TDP MMU's aging does: one ``vload`` of their table descriptors, then each
+        stretch still linked as set-up linked it as chunks of the arena
+        (``arena_spans``), any other table on its own.
 
         ``kvm_pgtable_walk_begin`` is ``rcu_read_lock()``. Under ``mmu_lock`` (a spinning
         rwlock: preemption off) the walk is already an RCU-sched read section, which
@@ -230,6 +236,12 @@ class Stage2Pgtable(TwoLevelTables):
         ret = 0
         if lockless:
             yield rcu_read_lock(sys.rcu, cost="rcu_read_lock")
+        run = self.chunk // self.leaf_entries
+        if run > 1 and self.arena is not None:
+            ret = yield from self._walk_runs(start, end, run, visitor)
+            if in_rcu:
+                yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
+            return ret
         for ri, lo, hi in self.segments(start, end):
             e = yield load(self.root, ri, cost="spte_read")
             if not kvm_pte_valid(e):
@@ -241,7 +253,7 @@ class Stage2Pgtable(TwoLevelTables):
                 in_rcu = False
             for clo, chi in _chunks(lo, hi, self.chunk):
                 vals = yield vload(table, clo, chi, cost="spte_read")
-                ret = yield from visitor(table, ri, clo, vals)
+                ret = yield from visitor(table, clo, vals, self.gfn_of(ri, clo))
                 if ret:
                     break
             if ret:
@@ -249,6 +261,25 @@ class Stage2Pgtable(TwoLevelTables):
         if in_rcu:
             yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
         return ret
+
+    def _walk_runs(self, start: int, end: int, run: int, visitor: Visitor) -> Gen:
+        """The walk over runs of ``run`` leaf tables (see ``kvm_pgtable_walk``)."""
+        per = self.leaf_entries
+        g = start
+        while g < end:
+            r0 = g // per
+            r1 = min(r0 + run, (end - 1) // per + 1)
+            g1 = min(end, r1 * per)
+            es = yield vload(self.root, r0, r1, cost="spte_read")
+            for lo, hi, table in self.arena_spans(es, r0, g, g1):
+                tbl, base = (self.arena, 0) if table is None else (table, lo - lo % per)
+                for clo, chi in _chunks(lo - base, hi - base, self.chunk):
+                    vals = yield vload(tbl, clo, chi, cost="spte_read")
+                    ret = yield from visitor(tbl, clo, vals, base + clo)
+                    if ret:
+                        return ret
+            g = g1
+        return 0
 
     # -- fault side (mmu_lock held for read, shared walks) ----------------------------
     def kvm_pgtable_stage2_map(self, gfn: int, pfn: int, write: bool) -> Gen:
@@ -416,16 +447,16 @@ class Stage2Pgtable(TwoLevelTables):
             sys.m.lockdep_assert_held(self.kvm.mmu_lock, write=True)
         young = False
 
-        def visit(table: Any, ri: int, lo: int, vals: np.ndarray) -> Gen:
+        def visit(table: Any, lo: int, vals: np.ndarray, first: int) -> Gen:
             nonlocal young
-            acc = ((vals & np.uint64(KVM_PTE_VALID)) != 0) & ((vals & np.uint64(AF)) != 0)
-            if not acc.any():
+            acc, n = stage2_young(vals)
+            if not n:
                 return 0
             young = True
-            sys.ghost_seen_young_many(self.gfn_of(ri, lo), acc)
+            sys.ghost_seen_young_many(first, acc)
             if should_clear is not None:
                 # called for every young page, in gfn order (or once for the chunk)
-                acc = acc & should_clear_chunk(should_clear, self.gfn_of(ri, lo), acc)
+                acc = acc & should_clear_chunk(should_clear, first, acc)
             elif not mkold:
                 return 0
             if not mkold or not acc.any():
@@ -435,16 +466,16 @@ class Stage2Pgtable(TwoLevelTables):
                     sys.contract(False, f"{sys.design.name}: the lockless path ran on a "
                                  "stage 2 without hardware AF; it must have reported "
                                  "failure so the caller falls back")
-                yield from self._lockless_clear(table, ri, lo, vals, acc)
+                yield from self._lockless_clear(table, lo, vals, acc, first)
             else:
-                yield from self._locked_clear(table, ri, lo, vals, acc)
+                yield from self._locked_clear(table, lo, vals, acc, first)
             return 0
 
         yield from self.kvm_pgtable_walk(start, end, visit, lockless=lockless)
         return young
 
-    def _lockless_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
-                        sel: np.ndarray) -> Gen:
+    def _lockless_clear(self, table: Any, lo: int, vals: np.ndarray, sel: np.ndarray,
+                        first: int) -> Gen:
         """yu-v2's ``kvm_test_clear_young`` visitor: ``stage2_try_set_pte`` (cmpxchg) of
         the descriptor minus ``AF``; a failure is ignored. Every way the cmpxchg can fail
         leaves nothing to clear or a fresh access to keep: the hardware set ``AF``/dirty
@@ -454,21 +485,21 @@ class Stage2Pgtable(TwoLevelTables):
         sys = self.sys
         if sys.bug("plain-store-clear"):
             # seeded bug: write back the value read earlier, minus AF
-            yield from self._plain_clear(table, ri, lo, vals, sel)
+            yield from self._plain_clear(table, lo, vals, sel, first)
             return
         # one cmpxchg per selected descriptor (a vector of them: one per entry if checked)
         found = yield vcas(table, lo, lo + len(vals), vals, vals & _NOT_AF, select=sel,
                            cost="spte_cmpxchg")
-        sys.ghost_cleared_many(self.gfn_of(ri, lo), sel & (found == vals))
+        sys.ghost_cleared_many(first, stage2_cas_outcome(found, vals, sel)[0])
 
-    def _plain_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
-                     sel: np.ndarray) -> Gen:
+    def _plain_clear(self, table: Any, lo: int, vals: np.ndarray, sel: np.ndarray,
+                     first: int) -> Gen:
         """Write back the descriptors read earlier, minus ``AF`` (``WRITE_ONCE``)."""
         yield vstore(table, lo, vals & _NOT_AF, select=sel, cost="spte_write")
-        self.sys.ghost_cleared_many(self.gfn_of(ri, lo), sel)
+        self.sys.ghost_cleared_many(first, sel)
 
-    def _locked_clear(self, table: Any, ri: int, lo: int, vals: np.ndarray,
-                      sel: np.ndarray) -> Gen:
+    def _locked_clear(self, table: Any, lo: int, vals: np.ndarray, sel: np.ndarray,
+                      first: int) -> Gen:
         """``stage2_age_walker`` under the write lock. Without hardware-managed bits
         nothing else can write the descriptor now, so the kernel's ``WRITE_ONCE`` is
         kept. With them the hardware may set ``AF``/``S2AP_W`` concurrently, so ``AF`` is
@@ -476,19 +507,64 @@ class Stage2Pgtable(TwoLevelTables):
         sys = self.sys
         sys.m.lockdep_assert_held(self.kvm.mmu_lock, write=True)
         if not self.hw_af:
-            yield from self._plain_clear(table, ri, lo, vals, sel)
+            yield from self._plain_clear(table, lo, vals, sel, first)
             return
-        first = self.gfn_of(ri, lo)
-        cur, pending = vals, sel
-        while pending.any():  # retry each descriptor on the value found, while young
+        cur, pending, n_retry = vals, sel, 1
+        while n_retry:  # retry each descriptor on the value found, while young
             found = yield vcas(table, lo, lo + len(vals), cur, cur & _NOT_AF,
                                select=pending, cost="spte_clear_young")
-            done = pending & (found == cur)
+            done, cur, pending, _, n_retry = stage2_cas_outcome(found, cur, pending)
             sys.ghost_cleared_many(first, done)
-            cur = np.where(done, cur, found)
-            pending = pending & ~done & ((found & _VALID_AF) == _VALID_AF)
 
 
 def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:
     """``stage2_free_unlinked_table_rcu_cb``: the grace period has passed."""
     yield free(table, cost="sp_free")
+
+
+# -- the age walker's per-descriptor decisions over a chunk, one compiled pass each -----
+# (numba, as kernel/x86/spte_vec.py for SPTEs; tests/test_vec_kernels.py checks them
+# against kvm_pte_young and the per-descriptor reading of a cmpxchg's outcome)
+
+_VALID_AF = np.uint64(KVM_PTE_VALID | AF)
+
+
+@njit(cache=True, nogil=True)
+def stage2_young(vals: np.ndarray) -> tuple[np.ndarray, int]:
+    """``kvm_pte_young`` per descriptor (valid, ``AF`` set), and how many are."""
+    n = len(vals)
+    out = np.empty(n, np.uint8)
+    c = 0
+    for i in range(n):
+        x = np.uint8((vals[i] & _VALID_AF) == _VALID_AF)
+        out[i] = x
+        c += int(x)
+    return out.view(np.bool_), c
+
+
+@njit(cache=True, nogil=True)
+def stage2_cas_outcome(found: np.ndarray, cur: np.ndarray, pending: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """After a vector cmpxchg of ``pending`` descriptors from ``cur`` (``found``: what it
+    found): ``done``, those it swapped (found == cur); the value to retry each other
+    one from (what it found); and ``retry``, those still pending that are still young
+    (a clear lost to a concurrent update is retried on the new value while it is
+    young, as the kernel's cmpxchg loop does). Returns (done, next cur, retry, how many
+    done, how many to retry)."""
+    n = len(found)
+    done = np.empty(n, np.uint8)
+    nxt = np.empty(n, np.uint64)
+    retry = np.empty(n, np.uint8)
+    n_done = 0
+    n_retry = 0
+    for i in range(n):
+        f = found[i]
+        p = np.uint8(pending[i])
+        d = p & np.uint8(f == cur[i])
+        r = p & (d ^ np.uint8(1)) & np.uint8((f & _VALID_AF) == _VALID_AF)
+        done[i] = d
+        retry[i] = r
+        nxt[i] = f
+        n_done += int(d)
+        n_retry += int(r)
+    return done.view(np.bool_), nxt, retry.view(np.bool_), n_done, n_retry

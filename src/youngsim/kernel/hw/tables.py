@@ -91,6 +91,31 @@ class TwoLevelTables:
         """The leaf table a root entry links (pointer arithmetic, not an access)."""
         return self.sys.m.deref(self.entry_addr(entry))
 
+    def arena_spans(self, es: np.ndarray, r0: int, g0: int, g1: int
+                    ) -> list[tuple[int, int, Any]]:
+        """Split gfns ``[g0, g1)``, which lie in the leaf tables of root indices
+        ``[r0, r0 + len(es))``, by what the root entries ``es`` (just loaded) link:
+        ``(lo, hi, None)`` for a stretch of tables still linked as set-up linked them
+        (so arena index = gfn: equal entries mean that table, live, since a freed
+        table's address is never reused), ``(lo, hi, table)`` for any other present
+        table, on its own. Absent tables are skipped. For walkers that age runs of
+        tables with one vector operation on the arena."""
+        per = self.leaf_entries
+        ok = es == self.arena_links[r0:r0 + len(es)]
+        if ok.all():
+            return [(g0, g1, None)]
+        spans: list[tuple[int, int, Any]] = []
+        for k in range(len(es)):
+            lo, hi = max(g0, (r0 + k) * per), min(g1, (r0 + k + 1) * per)
+            if ok[k]:
+                if spans and spans[-1][2] is None and spans[-1][1] == lo:
+                    spans[-1] = (spans[-1][0], hi, None)
+                else:
+                    spans.append((lo, hi, None))
+            elif self.entry_present(int(es[k])):
+                spans.append((lo, hi, self.child(int(es[k]))))
+        return spans
+
     # -- plain reads and writes for invariants and set-up (between steps) -----------
     def setup_leaf_table(self, ri: int) -> Any:
         """Scenario set-up (not a model operation): the leaf table of root index ``ri``,

@@ -301,21 +301,8 @@ class TdpMmu(EptTables):
         gfn), any other present table on its own. Returns (young, stop) as
         ``_age_table`` does."""
         es = yield vload(self.root, r0, r1, cost="spte_read")
-        ok = es == self.arena_links[r0:r1]
         per = self.leaf_entries
-        spans: list[tuple[int, int, Any]] = []  # (first gfn, end gfn, table or None)
-        if ok.all():
-            spans.append((g0, g1, None))
-        else:
-            for k in range(r1 - r0):
-                lo, hi = max(g0, (r0 + k) * per), min(g1, (r0 + k + 1) * per)
-                if ok[k]:
-                    if spans and spans[-1][2] is None and spans[-1][1] == lo:
-                        spans[-1] = (spans[-1][0], hi, None)
-                    else:
-                        spans.append((lo, hi, None))
-                elif S.is_shadow_present_pte(int(es[k])):
-                    spans.append((lo, hi, self.child(int(es[k]))))
+        spans = self.arena_spans(es, r0, g0, g1)
         young = False
         for lo, hi, table in spans:
             if table is None:

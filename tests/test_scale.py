@@ -228,3 +228,19 @@ def test_stage2_run_mode_clears_a_run_of_tables_with_one_vcas():
     assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
     # 8 tables in runs of 4: two descriptor loads, two arena loads, two vcas
     assert counts["vload"] == 4 and counts["vcas"] == 2 and "cas" not in counts
+
+
+@pytest.mark.parametrize("mmu", ["arm64", "arm64-swaf"])
+def test_stage2_prepopulate_all_matches_prepopulate_per_gfn(mmu):
+    for write, young in ((False, True), (True, False)):
+        npages = 3 * PER + 7
+        m1, m2 = Machine(), Machine()
+        a = build_system(m1, "upstream", mmu, npages=npages, nvcpus=1)
+        b = build_system(m2, "upstream", mmu, npages=npages, nvcpus=1)
+        prepopulate_all(a, write=write, young=young)
+        for g in range(npages):
+            prepopulate(b, g, write=write, young=young)
+        ta, tb = a.kvms[0].arch.tables, b.kvms[0].arch.tables
+        assert np.array_equal(ta.leaf_entries_now(), tb.leaf_entries_now())
+        assert np.array_equal(ta.installed_pfns(), tb.installed_pfns())
+        assert np.array_equal(ta.ghost_dirty, tb.ghost_dirty)

@@ -132,6 +132,9 @@ class Arm64Stage2Mmu(KvmArchMmu):
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         self.pgt.prepopulate(gfn, pfn, write, young)
 
+    def prepopulate_range(self, lo: int, pfns: Any, write: bool, young: bool) -> None:
+        self.pgt.prepopulate_range(lo, pfns, write, young)
+
     def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
         """Unlink leaf table ``idx`` and free it after a grace period (``mmu_lock`` held
         for write). True if the caller must flush TLBs."""

@@ -212,6 +212,26 @@ class Stage2Pgtable(TwoLevelTables):
         self.setup_leaf_table(ri)[li] = pte
         self._ghost_install(gfn, pte)
 
+    def prepopulate_range(self, lo: int, pfns: np.ndarray, write: bool, young: bool
+                          ) -> None:
+        """``prepopulate`` of gfns ``lo, lo + 1, ...`` with vector writes to the arena
+        (per gfn where a table is not arena-backed), as the TDP MMU's."""
+        n, per = len(pfns), self.leaf_entries
+        r0, r1 = lo // per, (lo + n - 1) // per + 1
+        for ri in range(r0, r1):
+            self.setup_leaf_table(ri)
+        if not (self.root.data[r0:r1] == self.arena_links[r0:r1]).all():
+            for k, pfn in enumerate(pfns.tolist()):
+                self.prepopulate(lo + k, pfn, write, young)
+            return
+        # the descriptor is the output address OR'd into bits that do not depend on it
+        base = kvm_init_valid_leaf_pte(0, write, hw_dirty=self.hw_af, young=young)
+        addr = (np.asarray(pfns, dtype=np.uint64) << np.uint64(PAGE_SHIFT)) \
+            & np.uint64(KVM_PTE_ADDR_MASK)
+        self.arena.data[lo:lo + n] = addr | np.uint64(base)
+        self.ghost_install_range(lo, np.asarray(pfns, dtype=np.int64),
+                                 dirty=bool(base & S2AP_W))
+
     # -- the generic walker ----------------------------------------------------------
     def kvm_pgtable_walk(self, start: int, end: int, visitor: Visitor,
                          lockless: bool = False) -> Gen:

@@ -5,6 +5,7 @@ path the checker explores."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -73,14 +74,16 @@ def test_rmap_behaves_as_the_dict_it_replaced():
     assert r.items() == [(11, 4096), (5000, 0x7F0000001000)]
 
 
-def setup_state(sys: Any, seed: int, zap: list[int], refault: list[int]) -> None:
-    """Set-up shared by both hosts: every page mapped, a random subset young, some leaf
-    tables zapped (freed after RCU), a few gfns faulted back in (run-time tables)."""
+def setup_state(sys: Any, seed: int, zap: list[int], refault: list[int],
+                young_bit: int = S.shadow_accessed_mask) -> None:
+    """Set-up shared by both hosts: every page mapped, a random subset young (its
+    ``young_bit`` cleared in the others), some leaf tables zapped (freed after RCU), a
+    few gfns faulted back in (run-time tables)."""
     prepopulate_all(sys, write=False, young=True)
     tables = sys.kvms[0].arch.tables
     rng = np.random.default_rng(seed)
     old = rng.random(sys.mm.npages) < 0.5
-    tables.arena.data[:sys.mm.npages][old] &= np.uint64(~S.shadow_accessed_mask & S.MASK)
+    tables.arena.data[:sys.mm.npages][old] &= np.uint64(~young_bit & S.MASK)
     kvm = sys.kvms[0]
 
     def zapper() -> Any:
@@ -94,17 +97,23 @@ def setup_state(sys: Any, seed: int, zap: list[int], refault: list[int]) -> None
         finish(sys.m, guest_access, sys, kvm.vcpus[0], g, True)
 
 
+def draw_zaps(data: Any, npages: int) -> tuple[list[int], list[int]]:
+    """Leaf tables to zap, and a few of their gfns to fault back in."""
+    nroot = (npages + PER - 1) // PER
+    zap = data.draw(st.lists(st.integers(0, nroot - 1), unique=True, max_size=nroot))
+    refault = data.draw(st.lists(st.sampled_from([ri * PER + k for ri in zap
+                                                  for k in (0, 3) if ri * PER + k < npages]),
+                                 unique=True, max_size=3)) if zap else []
+    return zap, refault
+
+
 @settings(max_examples=30, deadline=None)
 @given(design=st.sampled_from(["upstream", "upstream-6.12", "yu-v2", "reviewed", "legacy"]),
        ntables=st.integers(1, 5), tail=st.integers(0, PER - 1), seed=st.integers(0, 2**16),
        run=st.sampled_from([2, 3, 8]), data=st.data())
 def test_run_mode_ages_exactly_as_the_per_table_walk(design, ntables, tail, seed, run, data):
     npages = max(1, (ntables - 1) * PER + tail)
-    nroot = (npages + PER - 1) // PER
-    zap = data.draw(st.lists(st.integers(0, nroot - 1), unique=True, max_size=nroot))
-    refault = data.draw(st.lists(st.sampled_from([ri * PER + k for ri in zap
-                                                  for k in (0, 3) if ri * PER + k < npages]),
-                                 unique=True, max_size=3)) if zap else []
+    zap, refault = draw_zaps(data, npages)
     results = []
     for chunk in (PER, run * PER):
         m, sys = host(design, npages, chunk)
@@ -153,31 +162,14 @@ def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, ntables, t
     leave the same descriptors, answer and counters as one ``cas`` per entry, with
     zapped and re-faulted tables in the range."""
     npages = max(1, (ntables - 1) * PER + tail)
-    nroot = (npages + PER - 1) // PER
-    zap = data.draw(st.lists(st.integers(0, nroot - 1), unique=True, max_size=nroot))
-    refault = data.draw(st.lists(st.sampled_from([ri * PER + k for ri in zap
-                                                  for k in (0, 3) if ri * PER + k < npages]),
-                                 unique=True, max_size=3)) if zap else []
+    zap, refault = draw_zaps(data, npages)
     results = []
     for c in (1, chunk):
         m = Machine()
         sys = build_system(m, design, mmu, npages=npages, nvcpus=1, chunk=c)
         m.invariants.clear()
-        prepopulate_all(sys, write=False, young=True)
+        setup_state(sys, seed, zap, refault, young_bit=AF)
         tables = sys.kvms[0].arch.tables
-        old = np.random.default_rng(seed).random(npages) < 0.5
-        tables.arena.data[:npages][old] &= np.uint64(~AF & S.MASK)  # some AF clear
-        kvm = sys.kvms[0]
-
-        def zapper() -> Any:
-            yield write_lock(kvm.mmu_lock)
-            for ri in zap:
-                yield from kvm.arch.zap_leaf_table(kvm, ri)
-            yield write_unlock(kvm.mmu_lock)
-
-        finish(m, zapper)
-        for g in refault:
-            finish(m, guest_access, sys, kvm.vcpus[0], g, True)
         mm = sys.mm
         ret = finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
         results.append((bool(ret), tables.leaf_entries_now(), dict(m.counters)))
@@ -186,48 +178,40 @@ def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, ntables, t
     assert np.array_equal(e0, e1)
 
 
+def ops_of_one_pass(design: str, mmu: str, npages: int, chunk: int) -> Counter[Any]:
+    """The (operation kind, cost label) pairs one ``mmu_notifier_clear_young`` over a
+    prefaulted, all-young guest issues, counted."""
+    m = Machine()
+    sys = build_system(m, design, mmu, npages=npages, nvcpus=1, chunk=chunk)
+    m.invariants.clear()
+    prepopulate_all(sys, write=False, young=True)
+    counts: Counter[Any] = Counter()
+    step = m.step
+
+    def counting(tid: int) -> None:
+        op = m.threads[tid].pending
+        counts[op.describe().split("(")[0], op.cost] += 1
+        step(tid)
+
+    m.step = counting  # type: ignore[method-assign]
+    mm = sys.mm
+    assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+    return counts
+
+
 @pytest.mark.parametrize("design,label", [("yu-v2", "spte_cmpxchg"),
                                           ("upstream", "spte_clear_young")])
 def test_stage2_clears_a_chunk_with_one_vector_cmpxchg(design, label):
-    m = Machine()
-    sys = build_system(m, design, "arm64", npages=4 * PER, nvcpus=1, chunk=PER)
-    m.invariants.clear()
-    prepopulate_all(sys, write=False, young=True)
-    kinds: dict[str, int] = {}
-    step = m.step
-
-    def counting(tid: int) -> None:
-        op = m.threads[tid].pending
-        if op.cost == label:
-            name = op.describe().split("(")[0]
-            kinds[name] = kinds.get(name, 0) + 1
-        step(tid)
-
-    m.step = counting  # type: ignore[method-assign]
-    mm = sys.mm
-    assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
-    assert kinds == {"vcas": 4}  # one per leaf table, not one per descriptor
+    counts = ops_of_one_pass(design, "arm64", 4 * PER, PER)
+    clears = {kind: n for (kind, cost), n in counts.items() if cost == label}
+    assert clears == {"vcas": 4}  # one per leaf table, not one per descriptor
 
 
 def test_stage2_run_mode_clears_a_run_of_tables_with_one_vcas():
-    m = Machine()
-    sys = build_system(m, "yu-v2", "arm64", npages=8 * PER, nvcpus=1, chunk=4 * PER)
-    m.invariants.clear()
-    prepopulate_all(sys, write=False, young=True)
-    counts: dict[str, int] = {}
-    step = m.step
-
-    def counting(tid: int) -> None:
-        op = m.threads[tid].pending
-        name = op.describe().split("(")[0]
-        counts[name] = counts.get(name, 0) + 1
-        step(tid)
-
-    m.step = counting  # type: ignore[method-assign]
-    mm = sys.mm
-    assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+    counts = ops_of_one_pass("yu-v2", "arm64", 8 * PER, 4 * PER)
+    kinds = Counter(kind for kind, _ in counts.elements())
     # 8 tables in runs of 4: two descriptor loads, two arena loads, two vcas
-    assert counts["vload"] == 4 and counts["vcas"] == 2 and "cas" not in counts
+    assert kinds["vload"] == 4 and kinds["vcas"] == 2 and "cas" not in kinds
 
 
 @pytest.mark.parametrize("mmu", ["arm64", "arm64-swaf"])

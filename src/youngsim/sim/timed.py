@@ -125,6 +125,7 @@ class _LineTable:
         return int(vec.touch_selected(self.time, self.tid1, sel, lo, shift, tid, now,
                                       window, atomic))
 
+
 _NKINDS = max(O.KIND_NAMES) + 1
 _WAIT = O.WAIT
 #: per kind: may it block (a list index is cheaper than a set lookup in the hot loop)

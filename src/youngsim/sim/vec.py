@@ -23,6 +23,20 @@ OR = 2
 
 
 @njit(cache=True, nogil=True)
+def bits_set(words: np.ndarray, mask: np.uint64) -> tuple[np.ndarray, int]:
+    """Per word, are all the bits of ``mask`` set; and how many words are (a page-table
+    entry's present bit, say: the predicate over a chunk in one pass)."""
+    n = len(words)
+    out = np.empty(n, np.uint8)
+    c = 0
+    for i in range(n):
+        x = np.uint8((words[i] & mask) == mask)
+        out[i] = x
+        c += int(x)
+    return out.view(np.bool_), c
+
+
+@njit(cache=True, nogil=True)
 def rmw(view: np.ndarray, value: np.uint64, kind: int) -> np.ndarray:
     """Replace every word of ``view`` by ``value`` (``XCHG``), ``word & value`` (``AND``)
     or ``word | value`` (``OR``); return the old words."""

@@ -82,6 +82,7 @@ from numba import njit
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     vcas, vload, vstore, vxchg, xchg)
+from ...sim.vec import bits_set
 from ..hw.tables import TwoLevelTables
 from ..kvm.arch import should_clear_chunk
 
@@ -123,6 +124,7 @@ __all__ = [n for n in dir() if n.isupper()] + ["Stage2Pgtable", "kvm_pte_valid",
 
 
 _NOT_AF = np.uint64(~AF & MASK)
+_VALID_AF = np.uint64(KVM_PTE_VALID | AF)
 
 
 def kvm_pte_valid(pte: int) -> bool:
@@ -212,25 +214,12 @@ class Stage2Pgtable(TwoLevelTables):
         self.setup_leaf_table(ri)[li] = pte
         self._ghost_install(gfn, pte)
 
-    def prepopulate_range(self, lo: int, pfns: np.ndarray, write: bool, young: bool
-                          ) -> None:
-        """``prepopulate`` of gfns ``lo, lo + 1, ...`` with vector writes to the arena
-        (per gfn where a table is not arena-backed), as the TDP MMU's."""
-        n, per = len(pfns), self.leaf_entries
-        r0, r1 = lo // per, (lo + n - 1) // per + 1
-        for ri in range(r0, r1):
-            self.setup_leaf_table(ri)
-        if not (self.root.data[r0:r1] == self.arena_links[r0:r1]).all():
-            for k, pfn in enumerate(pfns.tolist()):
-                self.prepopulate(lo + k, pfn, write, young)
-            return
+    def leaf_entries_for(self, pfns: np.ndarray, write: bool, young: bool
+                         ) -> tuple[np.ndarray, bool]:
         # the descriptor is the output address OR'd into bits that do not depend on it
         base = kvm_init_valid_leaf_pte(0, write, hw_dirty=self.hw_af, young=young)
-        addr = (np.asarray(pfns, dtype=np.uint64) << np.uint64(PAGE_SHIFT)) \
-            & np.uint64(KVM_PTE_ADDR_MASK)
-        self.arena.data[lo:lo + n] = addr | np.uint64(base)
-        self.ghost_install_range(lo, np.asarray(pfns, dtype=np.int64),
-                                 dirty=bool(base & S2AP_W))
+        addr = (pfns << np.uint64(PAGE_SHIFT)) & np.uint64(KVM_PTE_ADDR_MASK)
+        return addr | np.uint64(base), bool(base & S2AP_W)
 
     # -- the generic walker ----------------------------------------------------------
     def kvm_pgtable_walk(self, start: int, end: int, visitor: Visitor,
@@ -469,7 +458,7 @@ class Stage2Pgtable(TwoLevelTables):
 
         def visit(table: Any, lo: int, vals: np.ndarray, first: int) -> Gen:
             nonlocal young
-            acc, n = stage2_young(vals)
+            acc, n = bits_set(vals, _VALID_AF)  # kvm_pte_young per descriptor
             if not n:
                 return 0
             young = True
@@ -542,24 +531,10 @@ def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:
     yield free(table, cost="sp_free")
 
 
-# -- the age walker's per-descriptor decisions over a chunk, one compiled pass each -----
-# (numba, as kernel/x86/spte_vec.py for SPTEs; tests/test_vec_kernels.py checks them
-# against kvm_pte_young and the per-descriptor reading of a cmpxchg's outcome)
+# -- the age walker's reading of a vector cmpxchg, one compiled pass ---------------------
+# (numba, as kernel/x86/spte_vec.py for SPTEs; tests/test_vec_kernels.py checks it
+# against the per-descriptor reading of a cmpxchg's outcome)
 
-_VALID_AF = np.uint64(KVM_PTE_VALID | AF)
-
-
-@njit(cache=True, nogil=True)
-def stage2_young(vals: np.ndarray) -> tuple[np.ndarray, int]:
-    """``kvm_pte_young`` per descriptor (valid, ``AF`` set), and how many are."""
-    n = len(vals)
-    out = np.empty(n, np.uint8)
-    c = 0
-    for i in range(n):
-        x = np.uint8((vals[i] & _VALID_AF) == _VALID_AF)
-        out[i] = x
-        c += int(x)
-    return out.view(np.bool_), c
 
 
 @njit(cache=True, nogil=True)

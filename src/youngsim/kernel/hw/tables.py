@@ -134,6 +134,33 @@ class TwoLevelTables:
             self.arena_links[ri] = e
         return self.child(e)
 
+    def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
+        """Set-up: map ``gfn`` to ``pfn`` as a past fault would have (per MMU)."""
+        raise NotImplementedError
+
+    def leaf_entries_for(self, pfns: np.ndarray, write: bool, young: bool
+                         ) -> tuple[np.ndarray, bool]:
+        """The leaf entries ``prepopulate`` would write for ``pfns`` (uint64), and
+        whether they count as dirty (per MMU)."""
+        raise NotImplementedError
+
+    def prepopulate_range(self, lo: int, pfns: np.ndarray, write: bool, young: bool
+                          ) -> None:
+        """``prepopulate`` of gfns ``lo, lo + 1, ...`` with one vector write to the arena
+        (per gfn where a table is not arena-backed)."""
+        n, per = len(pfns), self.leaf_entries
+        r0, r1 = lo // per, (lo + n - 1) // per + 1
+        for ri in range(r0, r1):
+            self.setup_leaf_table(ri)
+        if not (self.root.data[r0:r1] == self.arena_links[r0:r1]).all():
+            for k, pfn in enumerate(pfns.tolist()):
+                self.prepopulate(lo + k, pfn, write, young)
+            return
+        entries, dirty = self.leaf_entries_for(np.asarray(pfns, dtype=np.uint64), write,
+                                               young)
+        self.arena.data[lo:lo + n] = entries
+        self.ghost_install_range(lo, np.asarray(pfns, dtype=np.int64), dirty=dirty)
+
     def leaf_entries_now(self) -> np.ndarray:
         """Every gfn's current leaf entry, 0 where no linked, live table maps it."""
         out = np.zeros(self.npages, dtype=np.uint64)

@@ -42,32 +42,6 @@ NONE = 2  # none (the seeded "plain-store-clear" bug)
 
 
 @njit(cache=True, nogil=True)
-def present(vals: np.ndarray) -> tuple[np.ndarray, int]:
-    """``is_shadow_present_pte`` per entry, and how many are."""
-    n = len(vals)
-    out = np.empty(n, np.bool_)
-    c = 0
-    for i in range(n):
-        x = (vals[i] & _P) != _ZERO
-        out[i] = x
-        c += x
-    return out, c
-
-
-@njit(cache=True, nogil=True)
-def ad_enabled(vals: np.ndarray) -> tuple[np.ndarray, int]:
-    """``spte_ad_enabled`` per entry, and how many are."""
-    n = len(vals)
-    out = np.empty(n, np.bool_)
-    c = 0
-    for i in range(n):
-        x = (vals[i] & _AD) != _ZERO
-        out[i] = x
-        c += x
-    return out, c
-
-
-@njit(cache=True, nogil=True)
 def accessed(vals: np.ndarray) -> tuple[np.ndarray, int]:
     """``is_accessed_spte`` per entry (present and, with A/D bits, A set; without them,
     not access-tracked: some RWX bit set), and how many are."""

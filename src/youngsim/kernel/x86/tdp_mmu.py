@@ -30,6 +30,7 @@ import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vxchg, xchg)
+from ...sim.vec import bits_set
 from ..kvm.arch import should_clear_chunk
 from .ept import EptTables, ept_walk
 from . import spte as S
@@ -71,25 +72,13 @@ class TdpMmu(EptTables):
         sp[li] = spte
         self.ghost_install(gfn, pfn, dirty=write and self.ad)
 
-    def prepopulate_range(self, lo: int, pfns: np.ndarray, write: bool, young: bool
-                          ) -> None:
-        """``prepopulate`` of gfns ``lo, lo + 1, ...`` with vector writes to the arena
-        (per gfn where a table is not arena-backed)."""
-        n, per = len(pfns), self.leaf_entries
-        r0, r1 = lo // per, (lo + n - 1) // per + 1
-        for ri in range(r0, r1):
-            self.setup_leaf_table(ri)
-        if not (self.root.data[r0:r1] == self.arena_links[r0:r1]).all():
-            for k, pfn in enumerate(pfns.tolist()):
-                self.prepopulate(lo + k, pfn, write, young)
-            return
+    def leaf_entries_for(self, pfns: np.ndarray, write: bool, young: bool
+                         ) -> tuple[np.ndarray, bool]:
         # make_spte is the pfn field OR'd into bits that do not depend on the pfn
         base = S.make_spte(0, writable=True, ad_enabled=self.ad, prefetch=not young)
         if write and self.ad:
             base |= S.shadow_dirty_mask
-        self.arena.data[lo:lo + n] = (np.asarray(pfns, dtype=np.uint64)
-                                      << np.uint64(S.SPTE_PFN_SHIFT)) | np.uint64(base)
-        self.ghost_install_range(lo, np.asarray(pfns, dtype=np.int64), dirty=write and self.ad)
+        return (pfns << np.uint64(S.SPTE_PFN_SHIFT)) | np.uint64(base), write and self.ad
 
     # -- vCPU fault path (kvm_tdp_mmu_map) -------------------------------------------
     def kvm_tdp_mmu_map(self, gfn: int, pfn: int, write: bool) -> Gen:
@@ -405,12 +394,16 @@ def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
 
 
+_PRESENT = np.uint64(S.SPTE_MMU_PRESENT_MASK)
+_AD_ENABLED = np.uint64(S.SPTE_AD_ENABLED)
+
+
 def _vec(fn: Any, vals: np.ndarray) -> np.ndarray:
     """Apply an SPTE predicate to a chunk (a fused kernel for the common ones)."""
     if fn is S.is_shadow_present_pte:
-        return V.present(vals)[0]
+        return bits_set(vals, _PRESENT)[0]
     if fn is S.spte_ad_enabled:
-        return V.ad_enabled(vals)[0]
+        return bits_set(vals, _AD_ENABLED)[0]
     if fn is S.is_accessed_spte:
         return V.accessed(vals)[0]
     return np.array([fn(int(v)) for v in vals], dtype=bool)

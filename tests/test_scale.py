@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from youngsim.check.model import build_system, prepopulate, prepopulate_all
 from youngsim.kernel.hw.vcpu import guest_access
 from youngsim.kernel.mm.mm import Rmap
+from youngsim.kernel.system import GfnSet
 from youngsim.kernel.arm64.pgtable import AF
 from youngsim.kernel.x86 import spte as S
 from youngsim.sim import Machine, write_lock, write_unlock
@@ -228,3 +229,24 @@ def test_stage2_prepopulate_all_matches_prepopulate_per_gfn(mmu):
         assert np.array_equal(ta.leaf_entries_now(), tb.leaf_entries_now())
         assert np.array_equal(ta.installed_pfns(), tb.installed_pfns())
         assert np.array_equal(ta.ghost_dirty, tb.ghost_dirty)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.lists(st.booleans(), max_size=40)),
+                max_size=6), st.lists(st.integers(0, 1100), max_size=5))
+def test_gfnset_holds_exactly_the_pages_recorded(chunks, singles):
+    """The monitors' record of a call: chunks as (first gfn, mask), kept packed or as a
+    whole range, and single gfns; it must hold exactly those pages."""
+    s = GfnSet()
+    want: set[int] = set()
+    for first, bits in chunks:
+        mask = np.array(bits, dtype=bool)
+        s.add_mask(first, mask)
+        mask[:] = False  # the caller may reuse its mask
+        want.update(first + k for k, b in enumerate(bits) if b)
+    for g in singles:
+        s.add(g)
+        want.add(g)
+    assert bool(s) == bool(want)
+    assert set(s) == want and len(s) == len(want)
+    assert all(g in s for g in want) and 1101 not in s

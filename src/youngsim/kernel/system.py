@@ -34,23 +34,28 @@ class Ghost:
 
 class GfnSet:
     """The gfns a monitored call saw young (or cleared): single gfns, plus chunks kept as
-    (first gfn, boolean mask) so that a chunked walker records a chunk without building
-    a Python set of its pages. Truth is cheap; iteration builds the set once."""
+    (first gfn, length, the mask packed a bit a page, or None when every page is in),
+    so that a chunked walker records a chunk without building a Python set of its pages
+    (one call over a 1 TiB guest records 2 x 268 M pages). Truth is cheap; iteration
+    builds the set once."""
 
     def __init__(self) -> None:
         self._set: set[int] = set()
-        self._chunks: list[tuple[int, np.ndarray]] = []
+        self._chunks: list[tuple[int, int, np.ndarray | None]] = []
 
     def add(self, gfn: int) -> None:
         self._set.add(gfn)
 
     def add_mask(self, first: int, mask: np.ndarray) -> None:
-        if mask.any():
-            self._chunks.append((first, mask.copy()))  # the caller may reuse its mask
+        if mask.any():  # (packbits copies: the caller may reuse its mask)
+            self._chunks.append((first, len(mask),
+                                 None if mask.all() else np.packbits(mask)))
 
     def _all(self) -> set[int]:
-        for first, mask in self._chunks:
-            self._set.update((first + np.flatnonzero(mask)).tolist())
+        for first, n, packed in self._chunks:
+            idx = (np.arange(n) if packed is None
+                   else np.flatnonzero(np.unpackbits(packed, count=n)))
+            self._set.update((first + idx).tolist())
         self._chunks.clear()
         return self._set
 

@@ -101,12 +101,12 @@ def cleared(old: np.ndarray, ad: np.ndarray, counts: np.ndarray, first: int,
     (the lockless clears of each gfn, which a later locked writer may clobber)."""
     n = len(old)
     out = np.empty(n, np.uint8)
+    seg = counts[first:first + n]
     c = 0
     for i in range(n):
         x = np.uint8(ad[i]) & np.uint8((old[i] & _A) >> _A_SHIFT)
         out[i] = x
         c += int(x)
-    if count and c:
-        for i in range(n):
-            counts[first + i] += out[i]
+        if count:
+            seg[i] = seg[i] + x
     return out.view(np.bool_), c

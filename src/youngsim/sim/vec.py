@@ -1,14 +1,17 @@
-"""The executor's vector read-modify-writes and the timed driver's cache-line stamps,
-each in one fused pass.
+"""One-pass compiled kernels (numba) for the executor, the timed driver and chunked
+walkers.
 
-A vector atomic (``vxchg``, ``vfetch_and``, ``vfetch_or`` over a range) returns the old
-values and writes the new ones. With numpy that is a copy and then an in-place operation:
-two passes over the range, the second one re-reading what the first just read. Compiled
-with numba it is one loop that reads each word once. The same goes for stamping the cache
-lines a large vector write touched (``timed._LineTable``).
+A vector atomic (``vxchg``, ``vfetch_and``, ``vfetch_or``, ``vcas`` over a range)
+returns the old values and writes the new ones. With numpy that is a copy and then an
+in-place operation: two passes over the range, the second one re-reading what the first
+just read; compiled, it is one loop that reads each word once (``rmw``, ``cas``). The
+same goes for the driver's bookkeeping of such an operation (``count_mismatches``: a
+vector cmpxchg's failures; ``touch_lines``/``touch_selected``: the cache lines a large
+vector write stamps, ``timed._LineTable``) and for the word predicate walkers apply to
+a chunk they loaded (``bits_set``: is a present bit set, say).
 
-``Machine._execute_vector`` and ``_LineTable.touch`` define what these do; the tests check
-the kernels against the numpy expressions they replace (``tests/test_vec_kernels.py``).
+``Machine._execute_vector`` and the numpy expressions these replaced define what they
+do; ``tests/test_vec_kernels.py`` checks each kernel against them.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ array per pass, which is where a large guest's aging pass spent its time (a 1 Ti
 is 268 M SPTEs); compiled with numba, each decision is one loop over the chunk.
 
 The scalar helpers in ``spte.py`` stay the definition: the tests check these kernels
-against them entry by entry (``tests/test_vec_kernels.py``). Every kernel's loop body
-is branch-free, and each returns its counts, so a caller asks "any?" without another
-pass.
+against them entry by entry (``tests/test_vec_kernels.py``). No kernel's loop body
+branches on an entry (only on flags fixed for the call), and each returns its counts,
+so a caller asks "any?" without another pass.
 """
 
 from __future__ import annotations

@@ -109,6 +109,18 @@ def test_primary_only_design_fails_the_idle_check_as_a_report(capsys):
     assert "check FAIL idle" in out and "never consults the secondary MMU" in out
 
 
+def test_a_bitmap_call_without_the_fast_path_is_explained_when_idle_fails(capsys):
+    # yu-v2's batched MGLRU calls pass a bitmap; on a stage 2 without hardware AF there
+    # is no lockless path and such a call returns 0 without aging (the design's rule)
+    rc, out, err = run_cli(capsys, "-v", "1", "-b", "16K", "--design", "yu-v2",
+                           "--mmu", "arm64-swaf")
+    assert rc == 1 and "Traceback" not in out + err
+    assert "check FAIL idle" in out and "without the lockless fast path" in out
+    rc, out, _ = run_cli(capsys, "-v", "1", "-b", "16K", "--design", "yu-v2",
+                         "--mmu", "arm64")
+    assert rc == 0 and "without the lockless fast path" not in out
+
+
 def test_keep_tlb_turns_the_young_again_check_into_a_warning(capsys):
     rc, out, _ = run_cli(capsys, "-v", "1", "-b", "16K", "--keep-tlb", "--design",
                          "upstream", "--mmu", "x86-tdp")

@@ -141,6 +141,7 @@ def kvm_mmu_notifier_test_clear_young(mn: "MmuNotifier", mm: "MM", start: int, e
             return MMU_NOTIFIER_RANGE_LOCKLESS if args.young else 0
     if bitmap is not None:
         sys.ghost_note("paths", "bail")
+        sys.count("aging_bitmap_bailouts")  # the secondary MMU is not aged by this call
         return 0
     sys.ghost_note("paths", "slow")
     range = KvmHvaRange(start=start, end=end,

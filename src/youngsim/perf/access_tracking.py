@@ -210,6 +210,11 @@ class _Harness:
         if not ok and self.sys.design.mglru == "primary-only" and self.phases[k][1] == "idle":
             detail += (" (this design's MGLRU walk clears only the primary PTEs: it never "
                        "consults the secondary MMU)")
+        bailed = self.m.counters.get("aging_bitmap_bailouts", 0)
+        if not ok and bailed:
+            detail += (f" ({bailed} aging call(s) so far passed a bitmap to a secondary"
+                       " MMU without the lockless fast path and returned 0 without aging"
+                       " it, as the design specifies)")
         self.checks.append(Check("idle: at most 10% still young", "pass" if ok else "fail",
                                  detail, round(frac, 6), IDLE_MAX_YOUNG))
 

@@ -31,3 +31,6 @@ def test_aging_scale_benchmark_rejects_bad_input_in_one_line():
     r = run("--designs", "nope")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown design 'nope'" in r.stderr
+    r = run("--mmu", "x86-shadow")  # not one the benchmark ages in runs
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "unknown --mmu 'x86-shadow'" in r.stderr

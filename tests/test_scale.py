@@ -17,6 +17,7 @@ from youngsim.check.model import build_system, prepopulate, prepopulate_all
 from youngsim.kernel.hw.vcpu import guest_access
 from youngsim.kernel.mm.mm import Rmap
 from youngsim.kernel.system import GfnSet
+from youngsim.kernel.arm64 import pgtable as P2
 from youngsim.kernel.arm64.pgtable import AF
 from youngsim.kernel.x86 import spte as S
 from youngsim.sim import Machine, write_lock, write_unlock
@@ -250,3 +251,36 @@ def test_gfnset_holds_exactly_the_pages_recorded(chunks, singles):
     assert bool(s) == bool(want)
     assert set(s) == want and len(s) == len(want)
     assert all(g in s for g in want) and 1101 not in s
+
+
+def test_stage2_locked_clear_retries_from_the_value_its_cmpxchg_found():
+    """Hardware sets the dirty state of a descriptor between the walker's load and its
+    cmpxchg: the cmpxchg fails, and the retry starts from the value found, so AF is
+    cleared and the hardware's update is kept."""
+    m = Machine()
+    sys = build_system(m, "upstream", "arm64", npages=PER, nvcpus=1, chunk=PER)
+    m.invariants.clear()
+    prepopulate_all(sys, write=False, young=True)
+    tables = sys.kvms[0].arch.tables
+    mm = sys.mm
+
+    def ager() -> Any:
+        yield from sys.design.mmu_notifier_clear_young(sys, mm, mm.start, mm.end)
+
+    tid = m.spawn(ager, name="ager")
+    t = m.threads[tid]
+    vcas_seen = 0
+    for _ in range(10_000):
+        if t.done:
+            break
+        op = t.pending
+        if op.describe().startswith("vcas"):
+            if vcas_seen == 0:  # the hardware writes first: page 5 becomes dirty
+                tables.arena.data[5] |= np.uint64(P2.S2AP_W)
+            vcas_seen += 1
+        m.step(tid)
+    assert t.done and m.violation is None
+    assert vcas_seen == 2  # the whole chunk, then the one descriptor it lost
+    e = tables.leaf_entries_now()
+    assert not (e & np.uint64(AF)).any()
+    assert e[5] & np.uint64(P2.S2AP_W)

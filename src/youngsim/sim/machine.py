@@ -39,7 +39,6 @@ _RCU_READ_LOCK, _RCU_READ_UNLOCK, _SYNC_RCU, _GP_WAIT = (
     O.RCU_READ_LOCK, O.RCU_READ_UNLOCK, O.SYNC_RCU, O.GP_WAIT)
 _CALL_RCU, _MIGHT_SLEEP, _SPAWN, _NOP, _VLOAD = (
     O.CALL_RCU, O.MIGHT_SLEEP, O.SPAWN, O.NOP, O.VLOAD)
-_NO_SEL = np.zeros(0, dtype=bool)
 #: vector atomic kind -> ``vec.rmw``'s
 _VRMW = {O.VXCHG: vec.XCHG, O.VFETCH_AND: vec.AND, O.VFETCH_OR: vec.OR}
 _new_op = object.__new__
@@ -596,7 +595,7 @@ class Machine:
             expected, new = op.a
             return vec.cas(view, np.asarray(expected, dtype=np.uint64),
                            np.asarray(new, dtype=np.uint64),
-                           _NO_SEL if sel is None else sel, sel is None)
+                           vec.NO_SEL if sel is None else sel, sel is None)
         if k == O.VSTORE:
             if sel is None:
                 view[:] = op.a

@@ -93,7 +93,6 @@ _M32 = (1 << 32) - 1
 _UNSEEN: Any = object()
 _BLOCKING = frozenset({O.GRANT, O.GP_WAIT, O.WAIT})
 _VATOMIC = frozenset({O.VXCHG, O.VFETCH_AND, O.VFETCH_OR, O.VCAS})
-_NO_SEL = np.zeros(0, dtype=bool)
 #: objects of at least this many words keep their cache-line stamps in numpy arrays
 #: (``_LineTable``) instead of the driver's dict: a vector operation over a large table
 #: then updates its lines with a few array operations, not one dict entry per line
@@ -1039,7 +1038,7 @@ class TimedDriver:
         sel = op.b
         n, fails = vec.count_mismatches(w.data[op.lo:op.hi],
                                         np.asarray(op.a[0], dtype=np.uint64),
-                                        _NO_SEL if sel is None else sel, sel is None)
+                                        vec.NO_SEL if sel is None else sel, sel is None)
         self._cas_att[key] = self._cas_att.get(key, 0) + n
         if fails:
             self._cas_fail[key] = self._cas_fail.get(key, 0) + fails

@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+#: the ``sel`` argument of a kernel called with ``all_selected`` (numba needs an array)
+NO_SEL = np.zeros(0, dtype=bool)
+
 #: ``rmw`` kinds
 XCHG = 0
 AND = 1

@@ -274,20 +274,15 @@ class Stage2Pgtable(TwoLevelTables):
     def _walk_runs(self, start: int, end: int, run: int, visitor: Visitor) -> Gen:
         """The walk over runs of ``run`` leaf tables (see ``kvm_pgtable_walk``)."""
         per = self.leaf_entries
-        g = start
-        while g < end:
-            r0 = g // per
-            r1 = min(r0 + run, (end - 1) // per + 1)
-            g1 = min(end, r1 * per)
+        for r0, r1, g0, g1 in self.runs(start, end, run):
             es = yield vload(self.root, r0, r1, cost="spte_read")
-            for lo, hi, table in self.arena_spans(es, r0, g, g1):
+            for lo, hi, table in self.arena_spans(es, r0, g0, g1):
                 tbl, base = (self.arena, 0) if table is None else (table, lo - lo % per)
                 for clo, chi in _chunks(lo - base, hi - base, self.chunk):
                     vals = yield vload(tbl, clo, chi, cost="spte_read")
                     ret = yield from visitor(tbl, clo, vals, base + clo)
                     if ret:
                         return ret
-            g = g1
         return 0
 
     # -- fault side (mmu_lock held for read, shared walks) ----------------------------
@@ -522,8 +517,9 @@ class Stage2Pgtable(TwoLevelTables):
         while n_retry:  # retry each descriptor on the value found, while young
             found = yield vcas(table, lo, lo + len(vals), cur, cur & _NOT_AF,
                                select=pending, cost="spte_clear_young")
-            done, cur, pending, _, n_retry = stage2_cas_outcome(found, cur, pending)
+            done, pending, _, n_retry = stage2_cas_outcome(found, cur, pending)
             sys.ghost_cleared_many(first, done)
+            cur = found  # a retry starts from the value its cmpxchg found
 
 
 def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:
@@ -539,16 +535,14 @@ def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:
 
 @njit(cache=True, nogil=True)
 def stage2_cas_outcome(found: np.ndarray, cur: np.ndarray, pending: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+                ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """After a vector cmpxchg of ``pending`` descriptors from ``cur`` (``found``: what it
-    found): ``done``, those it swapped (found == cur); the value to retry each other
-    one from (what it found); and ``retry``, those still pending that are still young
-    (a clear lost to a concurrent update is retried on the new value while it is
-    young, as the kernel's cmpxchg loop does). Returns (done, next cur, retry, how many
-    done, how many to retry)."""
+    found): ``done``, those it swapped (found == cur), and ``retry``, those still
+    pending that are still young (a clear lost to a concurrent update is retried from
+    the value found while it is young, as the kernel's cmpxchg loop does). Returns
+    (done, retry, how many done, how many to retry)."""
     n = len(found)
     done = np.empty(n, np.uint8)
-    nxt = np.empty(n, np.uint64)
     retry = np.empty(n, np.uint8)
     n_done = 0
     n_retry = 0
@@ -559,7 +553,6 @@ def stage2_cas_outcome(found: np.ndarray, cur: np.ndarray, pending: np.ndarray
         r = p & (d ^ np.uint8(1)) & np.uint8((f & _VALID_AF) == _VALID_AF)
         done[i] = d
         retry[i] = r
-        nxt[i] = f
         n_done += int(d)
         n_retry += int(r)
-    return done.view(np.bool_), nxt, retry.view(np.bool_), n_done, n_retry
+    return done.view(np.bool_), retry.view(np.bool_), n_done, n_retry

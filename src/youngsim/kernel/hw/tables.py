@@ -87,6 +87,20 @@ class TwoLevelTables:
             g += hi - li
         return out
 
+    def runs(self, start: int, end: int, run: int) -> list[tuple[int, int, int, int]]:
+        """[start, end) in runs of up to ``run`` leaf tables, as (first root index, end
+        root index, first gfn, end gfn): what a walker over runs of tables visits."""
+        out = []
+        per = self.leaf_entries
+        g = start
+        while g < end:
+            r0 = g // per
+            r1 = min(r0 + run, (end - 1) // per + 1)
+            g1 = min(end, r1 * per)
+            out.append((r0, r1, g, g1))
+            g = g1
+        return out
+
     def child(self, entry: int) -> Any:
         """The leaf table a root entry links (pointer arithmetic, not an access)."""
         return self.sys.m.deref(self.entry_addr(entry))

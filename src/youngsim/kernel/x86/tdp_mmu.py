@@ -249,18 +249,13 @@ class TdpMmu(EptTables):
         run = self.chunk // self.leaf_entries  # > 1: age runs of arena tables at once
         yield rcu_read_lock(sys.rcu, cost="rcu_read_lock")
         if run > 1 and self.arena is not None:
-            g, per = range.start, self.leaf_entries
-            while g < range.end:
-                r0 = g // per
-                r1 = min(r0 + run, (range.end - 1) // per + 1)
-                g1 = min(range.end, r1 * per)
-                found, stop = yield from self._age_run(r0, r1, g, g1, test_only,
+            for r0, r1, g0, g1 in self.runs(range.start, range.end, run):
+                found, stop = yield from self._age_run(r0, r1, g0, g1, test_only,
                                                        should_clear, range.lockless,
                                                        accessed_volatile)
                 young = young or found
                 if stop:
                     break
-                g = g1
             yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
             return young
         for ri, lo, hi in self.segments(range.start, range.end):

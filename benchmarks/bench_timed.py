@@ -133,15 +133,9 @@ def youngsim_run(cm: Any, n: int, horizon: int) -> tuple[float, int, int]:
 def record_schedule(cm: Any, n: int, horizon: int) -> list[int]:
     """The thread ids the timed driver steps, in order (for the executor ceiling)."""
     m, _ = youngsim_machine(n)
-    sched: list[int] = []
-    step = m.step
-
-    def recording_step(tid: int) -> None:
-        sched.append(tid)
-        step(tid)
-    m.step = recording_step  # type: ignore[method-assign]
+    m.tracing = True
     TimedDriver(m, cm).run(until_ns=horizon)
-    return sched
+    return [s.tid for s in m.trace]
 
 
 def executor_run(n: int, sched: list[int]) -> tuple[float, int]:

@@ -138,16 +138,9 @@ def test_run_mode_uses_one_vector_operation_per_stretch():
     m, sys = host("upstream", 8 * PER, 4 * PER)
     prepopulate_all(sys)
     mm = sys.mm
-    counts: dict[str, int] = {}
-    step = m.step
-
-    def counting(tid: int) -> None:
-        op = m.threads[tid].pending
-        counts[op.cost] = counts.get(op.cost, 0) + 1
-        step(tid)
-
-    m.step = counting  # type: ignore[method-assign]
+    m.tracing = True  # every step recorded, to count them
     assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
+    counts = Counter(s.op.cost for s in m.trace)
     # 8 tables in runs of 4: two root loads, two arena loads, two fetch-ands
     assert counts["spte_read"] == 4 and counts["spte_clear_young"] == 2
 
@@ -187,18 +180,10 @@ def ops_of_one_pass(design: str, mmu: str, npages: int, chunk: int) -> Counter[A
     sys = build_system(m, design, mmu, npages=npages, nvcpus=1, chunk=chunk)
     m.invariants.clear()
     prepopulate_all(sys, write=False, young=True)
-    counts: Counter[Any] = Counter()
-    step = m.step
-
-    def counting(tid: int) -> None:
-        op = m.threads[tid].pending
-        counts[op.describe().split("(")[0], op.cost] += 1
-        step(tid)
-
-    m.step = counting  # type: ignore[method-assign]
+    m.tracing = True  # every step recorded, to count them
     mm = sys.mm
     assert finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
-    return counts
+    return Counter((s.op.describe().split("(")[0], s.op.cost) for s in m.trace)
 
 
 @pytest.mark.parametrize("design,label", [("yu-v2", "spte_cmpxchg"),

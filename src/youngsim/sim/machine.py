@@ -19,7 +19,7 @@ end-of-run check.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Generator, Iterable
+from typing import Any, Callable, Final, Generator, Iterable
 
 import numpy as np
 
@@ -29,19 +29,34 @@ from .memory import MASK64, Words
 from .ops import Op
 from .sync import EXCL, READ, Lock, RcuDomain
 
-# operation kinds as module globals (cheaper to read than ``O.KIND`` in the hot path)
-_LOAD, _STORE, _CAS, _XCHG = O.LOAD, O.STORE, O.CAS, O.XCHG
-_FETCH_AND, _FETCH_OR, _FETCH_ADD, _WAIT, _FREE = (
-    O.FETCH_AND, O.FETCH_OR, O.FETCH_ADD, O.WAIT, O.FREE)
-_LOCK, _UNLOCK, _READ_LOCK, _READ_UNLOCK = O.LOCK, O.UNLOCK, O.READ_LOCK, O.READ_UNLOCK
-_WRITE_LOCK, _WRITE_UNLOCK, _GRANT = O.WRITE_LOCK, O.WRITE_UNLOCK, O.GRANT
-_RCU_READ_LOCK, _RCU_READ_UNLOCK, _SYNC_RCU, _GP_WAIT = (
-    O.RCU_READ_LOCK, O.RCU_READ_UNLOCK, O.SYNC_RCU, O.GP_WAIT)
-_CALL_RCU, _MIGHT_SLEEP, _SPAWN, _NOP, _VLOAD = (
-    O.CALL_RCU, O.MIGHT_SLEEP, O.SPAWN, O.NOP, O.VLOAD)
+# operation kinds as module constants (cheaper to read than ``O.KIND`` in the hot path)
+_LOAD: Final = O.LOAD
+_STORE: Final = O.STORE
+_CAS: Final = O.CAS
+_XCHG: Final = O.XCHG
+_FETCH_AND: Final = O.FETCH_AND
+_FETCH_OR: Final = O.FETCH_OR
+_FETCH_ADD: Final = O.FETCH_ADD
+_WAIT: Final = O.WAIT
+_FREE: Final = O.FREE
+_LOCK: Final = O.LOCK
+_UNLOCK: Final = O.UNLOCK
+_READ_LOCK: Final = O.READ_LOCK
+_READ_UNLOCK: Final = O.READ_UNLOCK
+_WRITE_LOCK: Final = O.WRITE_LOCK
+_WRITE_UNLOCK: Final = O.WRITE_UNLOCK
+_GRANT: Final = O.GRANT
+_RCU_READ_LOCK: Final = O.RCU_READ_LOCK
+_RCU_READ_UNLOCK: Final = O.RCU_READ_UNLOCK
+_SYNC_RCU: Final = O.SYNC_RCU
+_GP_WAIT: Final = O.GP_WAIT
+_CALL_RCU: Final = O.CALL_RCU
+_MIGHT_SLEEP: Final = O.MIGHT_SLEEP
+_SPAWN: Final = O.SPAWN
+_NOP: Final = O.NOP
+_VLOAD: Final = O.VLOAD
 #: vector atomic kind -> ``vec.rmw``'s
 _VRMW = {O.VXCHG: vec.XCHG, O.VFETCH_AND: vec.AND, O.VFETCH_OR: vec.OR}
-_new_op = object.__new__
 
 ThreadFn = Callable[..., Generator[Op, Any, Any]]
 Invariant = Callable[["Machine"], "str | None"]
@@ -76,13 +91,15 @@ NO_OP = O.nop("no operation")
 
 
 class Thread:
-    __slots__ = ("tid", "name", "gen", "pending", "done", "result", "locks", "atomic",
-                 "steps", "loc", "daemon", "readers", "nalloc")
+    __slots__ = ("tid", "name", "gen", "send", "pending", "done", "result", "locks",
+                 "atomic", "steps", "loc", "daemon", "readers", "nalloc")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
         self.name = name
         self.gen = gen
+        #: ``gen.send``, bound once (the executor resumes the thread with it every step)
+        self.send: Callable[[Any], Op] = gen.send
         #: the next operation; ``NO_OP`` before the first yield and once done
         self.pending: Op = NO_OP
         self.done = False
@@ -353,7 +370,7 @@ class Machine:
         advanced another thread."""
         self.current = t
         try:
-            op = t.gen.send(value)
+            op = t.send(value)
         except Exception as e:
             self._advance_failed(t, e)
             return
@@ -478,7 +495,8 @@ class Machine:
                     mode = EXCL
                 # lock.held_by(tid) and (mode == EXCL or lock.owner == tid)
                 owner = lock.owner
-                if owner == tid or (mode == EXCL and tid in lock.readers):
+                if ((owner is not None and owner == tid)
+                        or (mode == EXCL and tid in lock.readers)):
                     raise Violation("deadlock", f"{t.name} re-acquires {lock.name} it holds")
                 if lock.request(tid, mode):
                     # self._took(t, lock, mode), inlined
@@ -488,17 +506,7 @@ class Machine:
                         if self.rcu_sched is not None:
                             self.rcu_sched.read_lock(tid)
                 else:
-                    g = _new_op(Op)  # Op(GRANT, lock, a=mode, cost=op.cost)
-                    g.kind = _GRANT
-                    g.obj = lock
-                    g.lo = 0
-                    g.hi = 1
-                    g.write = True
-                    g.a = mode
-                    g.b = None
-                    g.cost = op.cost
-                    g.sleeps = False
-                    t.pending = g
+                    t.pending = O._op(_GRANT, lock, 0, 1, True, mode, None, op.cost, False)
                 return None
             if k == _UNLOCK or k == _WRITE_UNLOCK or k == _READ_UNLOCK:
                 lock = op.obj

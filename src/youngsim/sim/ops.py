@@ -20,44 +20,45 @@ their domain (readers never exclude each other), while grace-period operations w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 if TYPE_CHECKING:
     from .memory import Words
     from .sync import Lock, RcuDomain
 
-# Operation kinds. Small ints so the drivers can dispatch on a tuple index.
-LOAD = 0
-STORE = 1
-CAS = 2
-XCHG = 3
-FETCH_AND = 4
-FETCH_OR = 5
-FETCH_ADD = 6
-WAIT = 7  # wait_until: block until (word & mask) == value, then return the word
-FREE = 8
-ALLOC = 9
-LOCK = 10  # spinlock / mutex acquire
-UNLOCK = 11
-READ_LOCK = 12
-READ_UNLOCK = 13
-WRITE_LOCK = 14
-WRITE_UNLOCK = 15
-GRANT = 16  # internal: a queued lock waiter takes the lock
-RCU_READ_LOCK = 17
-RCU_READ_UNLOCK = 18
-SYNC_RCU = 19  # synchronize_rcu: starts a grace period ...
-GP_WAIT = 20  # internal: ... and waits for it
-CALL_RCU = 21
-MIGHT_SLEEP = 22
-SPAWN = 23
-NOP = 24  # a scheduling point with no shared effect (cpu_relax, a timed delay)
-VLOAD = 25  # vector ops: the same semantics on a word range, for chunked walkers
-VFETCH_AND = 26
-VFETCH_OR = 27
-VSTORE = 28
-VXCHG = 29
-VCAS = 30
+# Operation kinds. Small ints so the drivers can dispatch on a tuple index; ``Final`` so
+# that, compiled, they are constants.
+LOAD: Final = 0
+STORE: Final = 1
+CAS: Final = 2
+XCHG: Final = 3
+FETCH_AND: Final = 4
+FETCH_OR: Final = 5
+FETCH_ADD: Final = 6
+WAIT: Final = 7  # wait_until: block until (word & mask) == value, then return the word
+FREE: Final = 8
+ALLOC: Final = 9
+LOCK: Final = 10  # spinlock / mutex acquire
+UNLOCK: Final = 11
+READ_LOCK: Final = 12
+READ_UNLOCK: Final = 13
+WRITE_LOCK: Final = 14
+WRITE_UNLOCK: Final = 15
+GRANT: Final = 16  # internal: a queued lock waiter takes the lock
+RCU_READ_LOCK: Final = 17
+RCU_READ_UNLOCK: Final = 18
+SYNC_RCU: Final = 19  # synchronize_rcu: starts a grace period ...
+GP_WAIT: Final = 20  # internal: ... and waits for it
+CALL_RCU: Final = 21
+MIGHT_SLEEP: Final = 22
+SPAWN: Final = 23
+NOP: Final = 24  # a scheduling point with no shared effect (cpu_relax, a timed delay)
+VLOAD: Final = 25  # vector ops: the same semantics on a word range, for chunked walkers
+VFETCH_AND: Final = 26
+VFETCH_OR: Final = 27
+VSTORE: Final = 28
+VXCHG: Final = 29
+VCAS: Final = 30
 
 KIND_NAMES = {
     LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
@@ -143,14 +144,20 @@ def _hex(x: Any) -> str:
 
 
 # Hot path: every yield builds one Op, so the constructors below do not go through
-# ``Op.__init__`` (a class call with keyword defaults costs about 1.7x as much in
-# CPython 3.11): ``_op`` allocates with ``object.__new__`` and fills all nine slots from
-# positional arguments. The result is an ordinary, fully initialised ``Op``.
+# ``Op.__init__`` (a class call costs about 1.8x as much in CPython 3.11): ``_op``
+# allocates with ``object.__new__`` and fills all nine slots from positional arguments.
+# The result is an ordinary, fully initialised ``Op``. Compiled (mypyc, see
+# docs/architecture.md), ``Op`` is a native class whose constructor is the fast way and
+# which ``object.__new__`` refuses.
 _new = object.__new__
+#: this module runs compiled by mypyc (its file is an extension module, not the source)
+NATIVE: Final = not __file__.endswith(".py")
 
 
 def _op(kind: int, obj: Any, lo: int, hi: int, write: bool, a: Any, b: Any,
         cost: str | None, sleeps: bool) -> Op:
+    if NATIVE:
+        return Op(kind, obj, lo, hi, write, a, b, cost, sleeps)
     op = _new(Op)
     op.kind = kind
     op.obj = obj

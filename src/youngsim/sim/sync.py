@@ -17,8 +17,10 @@ granted at once, and a refused thread is queued until ``grantable`` says it is i
 
 from __future__ import annotations
 
-EXCL = 0
-READ = 1
+from typing import Final
+
+EXCL: Final = 0
+READ: Final = 1
 
 
 class Lock:
@@ -46,7 +48,8 @@ class Lock:
         return mode == READ or not self.readers
 
     def held_by(self, tid: int) -> bool:
-        return self.owner == tid or tid in self.readers
+        owner = self.owner
+        return (owner is not None and owner == tid) or tid in self.readers
 
     def is_free(self) -> bool:
         return self.owner is None and not self.readers
@@ -82,7 +85,8 @@ class Lock:
     def release(self, tid: int, mode: int) -> str | None:
         """Release; returns an error message if ``tid`` did not hold it in ``mode``."""
         if mode == EXCL:
-            if self.owner != tid:
+            owner = self.owner
+            if owner is None or owner != tid:
                 return f"{self.kind} {self.name} released by a thread that does not hold it"
             self.owner = None
             return None

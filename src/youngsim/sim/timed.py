@@ -71,9 +71,8 @@ from __future__ import annotations
 
 import heapq
 import time
-from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -87,7 +86,7 @@ from .profile import SPIN_LEAF, WAIT_LEAF, Profile, generator_stack
 #: barriers): their time is accounted in the category but never stack-sampled
 NOT_WORK = frozenset({"harness"})
 from .program import Program
-from .sync import READ
+from .sync import READ, Lock
 
 _M32 = (1 << 32) - 1
 _UNSEEN: Any = object()
@@ -126,14 +125,21 @@ class _LineTable:
 
 
 _NKINDS = max(O.KIND_NAMES) + 1
-_WAIT = O.WAIT
+_WAIT: Final = O.WAIT
 #: per kind: may it block (a list index is cheaper than a set lookup in the hot loop)
 _BLOCKING_BY_KIND = tuple(k in _BLOCKING for k in range(_NKINDS))
 # what the hot loop does per kind, one small int per kind: 0 no driver bookkeeping;
 # scalar writes (store, atomic read-modify-write, cmpxchg: cache lines); vector ops;
 # spawns (new threads); lock requests, releases and grants (lock statistics)
-_KC_PLAIN, _KC_STORE, _KC_RMW, _KC_CAS, _KC_VEC, _KC_SPAWN, _KC_ACQ, _KC_REL, _KC_GRANT = \
-    range(9)
+_KC_PLAIN: Final = 0
+_KC_STORE: Final = 1
+_KC_RMW: Final = 2
+_KC_CAS: Final = 3
+_KC_VEC: Final = 4
+_KC_SPAWN: Final = 5
+_KC_ACQ: Final = 6
+_KC_REL: Final = 7
+_KC_GRANT: Final = 8
 _KCLASS: tuple[int, ...] = tuple(
     _KC_STORE if k == O.STORE else
     _KC_CAS if k == O.CAS else
@@ -146,8 +152,22 @@ _KCLASS: tuple[int, ...] = tuple(
     _KC_PLAIN
     for k in range(_NKINDS))
 
-# fields of a cost entry as the hot loop sees it (a list, for cheap counting)
-_NS, _PER, _VBASE, _CAT, _BATCH, _COUNT, _TOTAL, _UNKNOWN = range(8)
+class _Cost:
+    """What the hot loop needs to know of a label or kind (cost, category, whether it
+    starts a TLB-flush batch), and its running totals."""
+
+    __slots__ = ("ns", "per", "vbase", "cid", "batch", "count", "total", "unknown")
+
+    def __init__(self, ns: int, per: float, vbase: float, cid: int, batch: bool,
+                 unknown: bool) -> None:
+        self.ns = ns
+        self.per = per
+        self.vbase = vbase
+        self.cid = cid
+        self.batch = batch
+        self.count = 0
+        self.total = 0
+        self.unknown = unknown
 
 
 # --- distributions --------------------------------------------------------------------
@@ -242,11 +262,11 @@ class Dist:
 
 
 _MODES = ("excl", "read", "write")
-_FOLD = 1 << 16  # lock events buffered before they are folded into histograms
+_FOLD: Final = 1 << 16  # lock events buffered before they are folded into histograms
 
 
 class _LockStats:
-    """Per-lock measurements. The hot loop appends raw events to flat arrays
+    """Per-lock measurements. The hot loop appends raw events to flat lists
     (duration, and ``tid * 4 + mode``); they are folded into per-(thread, mode)
     histograms every ``_FOLD`` events and at the end, so memory stays bounded."""
 
@@ -261,10 +281,10 @@ class _LockStats:
         self.contended = 0
         self.spin_ns = 0
         self.sleep_ns = 0
-        self.wait_d = array("q")
-        self.wait_w = array("q")
-        self.hold_d = array("q")
-        self.hold_w = array("q")
+        self.wait_d: list[int] = []
+        self.wait_w: list[int] = []
+        self.hold_d: list[int] = []
+        self.hold_w: list[int] = []
         self.wait: dict[int, Dist] = {}  # tid * 4 + mode -> distribution
         self.hold: dict[int, Dist] = {}
         self.req: dict[int, int] = {}  # tid -> time of its refused request
@@ -492,12 +512,12 @@ class TimedDriver:
         self.SPIN = self.cat_id[SPIN]
         self.SLEEP = self.cat_id[SLEEP]
         batch = set(cm.tlb_batch_labels)
-        self._labels: dict[str, list[Any]] = {}
+        self._labels: dict[str, _Cost] = {}
         for lb, e in sorted(cm.labels.items()):
             cat = cm.label_category(lb)
             self._labels[lb] = self._info(e.ns, e.per_element_ns, e.vector_base_ns,
                                           cat, lb in batch, False)
-        self._kinds: list[list[Any]] = []
+        self._kinds: list[_Cost] = []
         for k in range(max(O.KIND_NAMES) + 1):
             e = cm.kinds[k]
             self._kinds.append(self._info(e.ns, e.per_element_ns, e.vector_base_ns,
@@ -540,10 +560,10 @@ class TimedDriver:
         self._all_daemon = False
 
     def _info(self, ns: float, per: float, vbase: float, cat: str | None, batch: bool,
-              unknown: bool) -> list[Any]:
+              unknown: bool) -> _Cost:
         cid = -1 if cat is None else self._cat_index(cat)
         # costs are whole nanoseconds: each operation's cost is rounded half up
-        return [int(ns + 0.5), float(per), float(vbase), cid, batch, 0, 0, unknown]
+        return _Cost(int(ns + 0.5), float(per), float(vbase), cid, batch, unknown)
 
     def _cat_index(self, cat: str) -> int:
         i = self.cat_id.get(cat)
@@ -675,7 +695,7 @@ class TimedDriver:
             ls = self._locks[lock.oid] = _LockStats(lock.name, lock.kind)
         return ls
 
-    def _unknown(self, label: str, kind: int) -> list[Any]:
+    def _unknown(self, label: str, kind: int) -> _Cost:
         """A label the cost model does not know: the kind's cost, the prefix rule's
         category (else the role's), and a warning in the result."""
         e = self.cm.kinds[kind]
@@ -795,7 +815,9 @@ class TimedDriver:
         if rcu_sched is not None and rcu_sched.oid is not None:
             rs_oid = rcu_sched.oid
         all_daemon = self._all_daemon
-        limit = until_ns if until_ns is not None else float("inf")
+        # an int either way (virtual time never reaches 2**62 ns, 146 years), so that
+        # compiled, the loop's time comparisons are machine-integer ones
+        limit = until_ns if until_ns is not None else 1 << 62
         budget = max_steps if max_steps is not None else -1
         steps = 0
         contended = 0
@@ -834,15 +856,16 @@ class TimedDriver:
                     found = labels.get(lab)
                     info = found if found is not None else self._unknown(lab, k)
                 obj = op.obj
-                c = info[0]
+                c = info.ns
                 kc = kclass[k]
                 if kc >= KC_ACQ:
                     # a lock operation: an atomic on the lock word, whose last writer
                     # the lock's statistics record (a grant's line transfer is the
                     # wakeup handoff, already charged)
-                    ls = locks.get(obj.oid)
+                    lk: Lock = obj
+                    ls = locks.get(lk.oid)  # type: ignore[arg-type]
                     if ls is None:
-                        ls = self._lock_stats(obj)
+                        ls = self._lock_stats(lk)
                     if kc != KC_GRANT and ls.lw_tid != tid and ls.lw_tid >= 0 \
                             and now - ls.lw_time < window:
                         c += surcharge
@@ -875,15 +898,15 @@ class TimedDriver:
                         contended += nc
                         if k == O.VCAS:
                             self._vcas(op, lab)
-                if info[4]:  # a remote TLB flush batch label
+                if info.batch:  # a remote TLB flush batch label
                     c += self._flush_batch(tid, t.steps)
-                cid = info[3]
+                cid = info.cid
                 if cid < 0:
                     cid = rolecat[tid]
                 end = now + c
                 cat[tid][cid] += c
-                info[5] += 1
-                info[6] += c
+                info.count += 1
+                info.total += c
                 if period:
                     if c and cid != SLEEP_ID:
                         self._sample(tid, t, c)
@@ -899,7 +922,7 @@ class TimedDriver:
                     assert ls is not None  # looked up above for every lock operation
                     if kc == KC_REL:
                         who = tid * 4 + (1 if k == READ_UNLOCK else
-                                         (2 if obj.shared_ok else 0))
+                                         (2 if lk.shared_ok else 0))
                         times = ls.held.get(who)
                         if times:
                             ls.hold_d.append(now - times.pop())
@@ -908,11 +931,12 @@ class TimedDriver:
                                 ls.fold()
                     else:
                         if kc == KC_GRANT:
-                            who = tid * 4 + (1 if op.a == 1 else (2 if obj.shared_ok else 0))
+                            who = tid * 4 + (1 if op.a == 1 else (2 if lk.shared_ok else 0))
                             wait = now - ls.req.pop(tid, now)
-                        elif obj.owner == tid or tid in obj.readers:
+                        elif ((lk.owner is not None and lk.owner == tid)
+                              or tid in lk.readers):
                             who = tid * 4 + (1 if k == READ_LOCK else
-                                             (2 if obj.shared_ok else 0))
+                                             (2 if lk.shared_ok else 0))
                             wait = 0
                         else:
                             # refused and queued: park until the grant is possible (a
@@ -921,7 +945,7 @@ class TimedDriver:
                             ls.contended += 1
                             rec = ls.park_rec[k == READ_LOCK]
                             if rec is None:
-                                rec = self._lock_park_rec(obj, ls, k == READ_LOCK)
+                                rec = self._lock_park_rec(lk, ls, k == READ_LOCK)
                             park[tid] = rec
                             continue
                         ls.acquisitions += 1
@@ -937,12 +961,12 @@ class TimedDriver:
                     # a release, or a grant (the next reader may follow), can make the
                     # queue head grantable; a request never does
                     if kc != KC_ACQ:
-                        q = obj.queue
+                        q = lk.queue
                         if q:
                             h, hmode = q[0]
-                            # h parked and obj.compatible(hmode) (Lock.compatible, inlined)
-                            if h in park and obj.owner is None and (
-                                    hmode == READ or not obj.readers):
+                            # h parked and lk.compatible(hmode) (Lock.compatible, inlined)
+                            if h in park and lk.owner is None and (
+                                    hmode == READ or not lk.readers):
                                 # wake the head (inline _wake for the common case)
                                 hrec = park.pop(h)
                                 c0 = clk[h]
@@ -959,7 +983,7 @@ class TimedDriver:
                                 clk[h] = ready
                                 heappush(heap, (ready, seq, h))
                                 seq += 1
-                    if rs_oid >= 0 and waiters and not obj.sleeping:
+                    if rs_oid >= 0 and waiters and not lk.sleeping:
                         self._seq = seq
                         self._check_waiters(rs_oid, end)
                         seq = self._seq
@@ -1043,7 +1067,7 @@ class TimedDriver:
         if fails:
             self._cas_fail[key] = self._cas_fail.get(key, 0) + fails
 
-    def _vector(self, op: O.Op, k: int, info: list[Any], tid: int, now: int
+    def _vector(self, op: O.Op, k: int, info: _Cost, tid: int, now: int
                 ) -> tuple[int, int]:
         """Cost of a vector op (per element) and its contended lines."""
         sel = op.b if k != O.VLOAD else None
@@ -1051,7 +1075,7 @@ class TimedDriver:
             n = op.hi - op.lo
         else:
             n = int(np.count_nonzero(sel))
-        c = int(info[_VBASE] + n * info[_PER] + 0.5)
+        c = int(info.vbase + n * info.per + 0.5)
         if k == O.VLOAD or n == 0:
             return c, 0
         s = self._lshift
@@ -1125,16 +1149,16 @@ class TimedDriver:
         label_ns: dict[str, int] = {}
         unknown: dict[str, int] = {}
         for lb, info in sorted(self._labels.items()):
-            if info[_COUNT]:
-                label_counts[lb] = info[_COUNT]
-                label_ns[lb] = info[_TOTAL]
-                if info[_UNKNOWN]:
-                    unknown[lb] = info[_COUNT]
+            if info.count:
+                label_counts[lb] = info.count
+                label_ns[lb] = info.total
+                if info.unknown:
+                    unknown[lb] = info.count
         for k, info in enumerate(self._kinds):
-            if info[_COUNT]:
+            if info.count:
                 key = f"<{self._kind_names[k]}>"
-                label_counts[key] = info[_COUNT]
-                label_ns[key] = info[_TOTAL]
+                label_counts[key] = info.count
+                label_ns[key] = info.total
         return TimedResult(
             program=self.key, cost_model=self.cm.describe(), stopped=self._stopped,
             end_ns=self._end, steps=self._steps, threads=threads,

@@ -76,6 +76,67 @@ def test_age_select_is_the_per_spte_decision(values: list[int], data: st.DataObj
                                                 int(want_atomic.sum())), (mode, volatile)
 
 
+#: chunks made of runs of equal SPTEs, so that ``age_scan`` meets whole blocks whose
+#: entries agree (decided once) as well as mixed ones, and blocks cut short at the end;
+#: each run is the chunk's base SPTE with one bit flipped (or none), so that a mixed
+#: block may differ in one bit only (D alone, say: ``atomic`` per entry, the rest not)
+_TYPICAL = [S.make_spte(5, writable=w, ad_enabled=ad, prefetch=not young) | (
+    S.shadow_dirty_mask if dirty else 0) for w in (False, True) for ad in (False, True)
+    for young in (False, True) for dirty in (False, True)]
+spte_runs = st.tuples(
+    st.one_of(st.sampled_from(_TYPICAL),
+              st.lists(st.sampled_from(BITS), max_size=len(BITS)).map(
+                  lambda bs: sum(set(bs)))),
+    st.lists(st.tuples(st.sampled_from([0] + BITS),
+                       st.sampled_from([1, 2, 7, 100, V.BLOCK - 1, V.BLOCK, V.BLOCK + 3,
+                                        2 * V.BLOCK])), max_size=6)
+).map(lambda t: [(t[0] ^ flip, k) for flip, k in t[1]])
+
+
+_A, _D = S.shadow_accessed_mask, S.shadow_dirty_mask
+_YOUNG_AD = S.SPTE_MMU_PRESENT_MASK | S.SPTE_AD_ENABLED | _A
+_YOUNG_W = _YOUNG_AD | S.VMX_EPT_WRITABLE
+
+
+@settings(max_examples=150, deadline=None)
+@given(spte_runs, st.integers(0, V.BLOCK - 1))
+# a block of young A/D SPTEs whose D varies: atomic per entry (if writable), the rest not
+@example([(_YOUNG_W, 100), (_YOUNG_W | _D, 100)], 0)
+@example([(_YOUNG_AD, 100), (_YOUNG_AD | _D, 100)], 0)  # (none writable: none atomic)
+@example([(_YOUNG_AD, 100), (_YOUNG_AD ^ _A, 100)], 0)  # A varies: all per entry
+@example([(_YOUNG_AD ^ _A, 100), (_YOUNG_AD ^ _A | _D, 100)], 0)  # old: D does not count
+def test_age_scan_is_accessed_then_the_per_spte_decision(
+        runs: list[tuple[int, int]], shift: int) -> None:
+    """``age_scan`` = ``accessed``, then ``age_select`` of what it selects, per entry
+    against the scalar helpers, whatever ``accessed_volatile`` (it has no say over an
+    accessed SPTE); runs of equal entries starting anywhere in a block."""
+    values = [0] * shift + [v for v, k in runs for _ in range(k)]
+    vals = arr(values)
+    want_acc = scalar(S.is_accessed_spte, values)
+    want_ad = want_acc & scalar(S.spte_ad_enabled, values)
+    for mode in (V.LOCKLESS, V.LOCKED, V.NONE):
+        acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_scan(vals, mode)
+        assert acc.dtype == ad.dtype == atomic.dtype == np.bool_
+        assert acc.tolist() == want_acc.tolist(), mode
+        assert ad.tolist() == want_ad.tolist(), mode
+        for volatile in (False, True):
+            if mode == V.LOCKLESS:
+                want_atomic = want_ad
+            elif mode == V.LOCKED:
+                want_atomic = want_ad & scalar(S.spte_needs_atomic_update, values,
+                                               volatile)
+            else:
+                want_atomic = np.zeros(len(values), dtype=bool)
+            assert atomic.tolist() == want_atomic.tolist(), (mode, volatile)
+        assert (n, n_ad, n_noad, n_atomic) == (
+            int(want_acc.sum()), int(want_ad.sum()), int((want_acc & ~want_ad).sum()),
+            int(atomic.sum())), mode
+        # and the same as age_select makes of accessed's answer
+        s_ad, s_atomic, *s_counts = V.age_select(vals, want_acc, mode, False)
+        assert ad.tolist() == s_ad.tolist() and atomic.tolist() == s_atomic.tolist()
+        assert [n_ad, n_noad, n_atomic] == s_counts
+
+
 @settings(max_examples=100, deadline=None)
 @given(sptes, st.data())
 def test_cleared_reports_and_counts_each_clear(values: list[int], data: st.DataObject
@@ -117,6 +178,56 @@ def test_rmw_writes_through_a_view_of_a_larger_array() -> None:
     old = vec.rmw(data[3:7], np.uint64(0), vec.AND)
     assert old.tolist() == [3, 4, 5, 6]
     assert data.tolist() == [0, 1, 2, 0, 0, 0, 0, 7, 8, 9]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, (1 << 64) - 1), st.booleans()), max_size=200),
+       st.integers(0, (1 << 64) - 1), st.sampled_from([vec.XCHG, vec.AND, vec.OR]))
+def test_rmw_selected_is_a_copy_then_the_masked_numpy_operation(
+        rows: list[tuple[int, bool]], value: int, kind: int) -> None:
+    """What ``Machine._execute_vector`` did for a vector atomic with a selection:
+    ``old = view.copy()``, then ``view[sel] = v`` / ``&= v`` / ``|= v``."""
+    data = np.array([0x5A5A] + [r[0] for r in rows] + [0xA5A5], dtype=np.uint64)
+    view = data[1:-1]  # (a view into a larger array, as a vector op's range is)
+    sel = np.array([r[1] for r in rows], dtype=bool)
+    want = view.copy()
+    v = np.uint64(value)
+    if kind == vec.XCHG:
+        want[sel] = v
+    elif kind == vec.AND:
+        want[sel] &= v
+    else:
+        want[sel] |= v
+    before = view.copy()
+    old = vec.rmw_selected(view, sel, v, kind)
+    assert old.tolist() == before.tolist()
+    assert view.tolist() == want.tolist()
+    assert data[0] == 0x5A5A and data[-1] == 0xA5A5
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1),
+                          st.booleans()), max_size=200))
+def test_store_selected_is_the_masked_numpy_assignment(
+        rows: list[tuple[int, int, bool]]) -> None:
+    data = np.array([7] + [r[0] for r in rows] + [9], dtype=np.uint64)
+    view = data[1:-1]
+    values = np.array([r[1] for r in rows], dtype=np.uint64)
+    sel = np.array([r[2] for r in rows], dtype=bool)
+    want = view.copy()
+    want[sel] = values[sel]
+    vec.store_selected(view, values, sel)
+    assert view.tolist() == want.tolist() and data[0] == 7 and data[-1] == 9
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.booleans(), max_size=100))
+def test_last_set_is_the_last_true(bits: list[bool]) -> None:
+    mask = np.array(bits, dtype=bool)
+    want = max((k for k, b in enumerate(bits) if b), default=-1)
+    assert vec.last_set(mask) == want
+    if want >= 0:  # what yu-v2 computed with numpy
+        assert want == len(bits) - 1 - int(mask[::-1].argmax())
 
 
 @settings(max_examples=200, deadline=None)
@@ -186,6 +297,41 @@ def test_touch_selected_is_touch_lines_over_the_selected_lines(
                for ln in lines)
     got = vec.touch_selected(time, tid1, np.array(sel, dtype=bool), lo, shift, tid, now,
                              window, atomic)
+    assert got == want
+    assert time.tolist() == ref_t.tolist() and tid1.tolist() == ref_id.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10)), max_size=80),
+       st.lists(st.tuples(st.booleans(), st.integers(1, 40)), max_size=8),
+       st.integers(0, 40), st.sampled_from([0, 1, 2, 3, 4, 5]), st.integers(0, 2),
+       st.integers(0, 30), st.booleans(), st.booleans())
+@example([(1, 0)] * 8, [(True, 16)], 0, 3, 0, 0, True, False)  # two whole lines
+@example([(1, 0)] * 8, [(False, 9), (True, 1), (False, 20)], 3, 3, 0, 0, True, True)
+def test_touch_selected_of_long_selections_any_line_size(
+        history: list[tuple[int, int]], runs: list[tuple[bool, int]], lo: int,
+        shift: int, tid: int, now_after: int, atomic: bool, strided: bool) -> None:
+    """``touch_selected`` reads the selections of a line wholly in the range 8 at a
+    time (lines of a multiple of 8 words), the others word by word; a strided
+    selection word by word throughout. Each is ``touch_lines`` over the lines holding
+    a selected word."""
+    window, nlines = 20, 512
+    time = np.zeros(nlines, dtype=np.int64)
+    tid1 = np.zeros(nlines, dtype=np.int32)
+    t = 0
+    for k, (who, step) in enumerate(history):  # earlier writes, spread over the lines
+        t += step
+        ln = (lo >> shift) + k
+        time[ln], tid1[ln] = t, who + 1
+    now = t + now_after
+    bits = [b for b, k in runs for _ in range(k)]
+    sel = (np.repeat(np.array(bits, dtype=bool), 2)[::2] if strided
+           else np.array(bits, dtype=bool))
+    ref_t, ref_id = time.copy(), tid1.copy()
+    lines = sorted({(lo + k) >> shift for k, s in enumerate(bits) if s})
+    want = sum(vec.touch_lines(ref_t, ref_id, ln, ln + 1, tid, now, window, atomic)
+               for ln in lines)
+    got = vec.touch_selected(time, tid1, sel, lo, shift, tid, now, window, atomic)
     assert got == want
     assert time.tolist() == ref_t.tolist() and tid1.tolist() == ref_id.tolist()
 

@@ -42,6 +42,7 @@ from ..kernel.mm.mmu_notifier import MmuNotifierOps
 from ..kernel.mm.vmscan import MIN_LRU_BATCH, decide, lru_gen_look_around
 from ..kernel.system import PAGE_SIZE
 from ..sim import Op, load, rcu_read_lock, rcu_read_unlock
+from ..sim.vec import last_set
 from .base import Design
 from .bitmap import Bitmap
 
@@ -172,7 +173,7 @@ class ShouldClearYoung:
             return [young[k] and self(first + k) for k in range(len(young))]
         k = int(young.argmax())  # the first young page, if any (stops at it)
         if young[k]:
-            lo, hi = first + k, first + len(young) - 1 - int(young[::-1].argmax())
+            lo, hi = first + k, first + int(last_set(young))  # (and the last one)
             if lo < self.range.start or hi >= self.range.end:
                 self.sys.contract(False, "kvm_should_clear_young: gfn "
                                   f"{lo if lo < self.range.start else hi} outside the range")

@@ -46,10 +46,14 @@ class GfnSet:
     def add(self, gfn: int) -> None:
         self._set.add(gfn)
 
-    def add_mask(self, first: int, mask: np.ndarray) -> None:
-        if mask.any():  # (packbits copies: the caller may reuse its mask)
+    def add_mask(self, first: int, mask: np.ndarray, n: int | None = None) -> None:
+        """Gfn ``first + k`` wherever ``mask[k]``; ``n``, if given, is how many are (a
+        walker's kernel counted them: no pass over the mask to ask any/all)."""
+        if n is None:
+            n = int(np.count_nonzero(mask))
+        if n:  # (packbits copies: the caller may reuse its mask)
             self._chunks.append((first, len(mask),
-                                 None if mask.all() else np.packbits(mask)))
+                                 None if n == len(mask) else np.packbits(mask)))
 
     def _all(self) -> set[int]:
         for first, n, packed in self._chunks:
@@ -133,15 +137,19 @@ class System:
         for rec in self._records():
             rec["cleared"].add(gfn)
 
-    def ghost_seen_young_many(self, first: int, mask: np.ndarray) -> None:
-        """``ghost_seen_young`` for a chunk: gfn ``first + k`` wherever ``mask[k]``."""
+    def ghost_seen_young_many(self, first: int, mask: np.ndarray,
+                              n: int | None = None) -> None:
+        """``ghost_seen_young`` for a chunk: gfn ``first + k`` wherever ``mask[k]``
+        (``n`` of them, if the caller knows)."""
         for rec in self._records():
-            rec["young"].add_mask(first, mask)
+            rec["young"].add_mask(first, mask, n)
 
-    def ghost_cleared_many(self, first: int, mask: np.ndarray) -> None:
-        """``ghost_cleared`` for a chunk: gfn ``first + k`` wherever ``mask[k]``."""
+    def ghost_cleared_many(self, first: int, mask: np.ndarray, n: int | None = None
+                           ) -> None:
+        """``ghost_cleared`` for a chunk: gfn ``first + k`` wherever ``mask[k]``
+        (``n`` of them, if the caller knows)."""
         for rec in self._records():
-            rec["cleared"].add_mask(first, mask)
+            rec["cleared"].add_mask(first, mask, n)
 
     def ghost_note(self, key: str, value: Any) -> None:
         for rec in self._records():

@@ -607,6 +607,11 @@ class Machine:
         if k == O.VSTORE:
             if sel is None:
                 view[:] = op.a
+            elif (type(sel) is np.ndarray and sel.dtype == np.bool_
+                  and sel.shape == view.shape and type(op.a) is np.ndarray
+                  and op.a.dtype == np.uint64 and op.a.shape == view.shape
+                  and not np.may_share_memory(op.a, view)):
+                vec.store_selected(view, op.a, sel)  # one pass
             else:
                 view[sel] = np.asarray(op.a, dtype=np.uint64)[sel]
             return None
@@ -614,7 +619,9 @@ class Machine:
         how = _VRMW[k]
         if sel is None:
             return vec.rmw(view, mask, how)  # one pass: the old words, then the new
-        old = view.copy()
+        if type(sel) is np.ndarray and sel.dtype == np.bool_ and sel.shape == view.shape:
+            return vec.rmw_selected(view, sel, mask, how)  # one pass too
+        old = view.copy()  # (any other selection: numpy's indexing rules, and errors)
         if how == vec.XCHG:
             view[sel] = mask
         elif how == vec.AND:

@@ -4,11 +4,13 @@ walkers.
 A vector atomic (``vxchg``, ``vfetch_and``, ``vfetch_or``, ``vcas`` over a range)
 returns the old values and writes the new ones. With numpy that is a copy and then an
 in-place operation: two passes over the range, the second one re-reading what the first
-just read; compiled, it is one loop that reads each word once (``rmw``, ``cas``). The
-same goes for the driver's bookkeeping of such an operation (``count_mismatches``: a
-vector cmpxchg's failures; ``touch_lines``/``touch_selected``: the cache lines a large
-vector write stamps, ``timed._LineTable``) and for the word predicate walkers apply to
-a chunk they loaded (``bits_set``: is a present bit set, say).
+just read (with a selection, masked indexing: slower still); compiled, it is one loop
+that reads each word once (``rmw``, ``rmw_selected``, ``cas``; ``store_selected`` for
+a vector store with a selection). The same goes for the driver's bookkeeping of such
+an operation (``count_mismatches``: a vector cmpxchg's failures;
+``touch_lines``/``touch_selected``: the cache lines a large vector write stamps,
+``timed._LineTable``) and for the word predicate walkers apply to a chunk they loaded
+(``bits_set``: is a present bit set, say).
 
 ``Machine._execute_vector`` and the numpy expressions these replaced define what they
 do; ``tests/test_vec_kernels.py`` checks each kernel against them.
@@ -43,6 +45,16 @@ def bits_set(words: np.ndarray, mask: np.uint64) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, nogil=True)
+def last_set(mask: np.ndarray) -> int:
+    """The index of the last True of ``mask``, -1 if none: ``argmax`` from the end,
+    stopping at it (numpy's ``mask[::-1].argmax()`` copies the reversed array first)."""
+    for i in range(len(mask) - 1, -1, -1):
+        if mask[i]:
+            return i
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def rmw(view: np.ndarray, value: np.uint64, kind: int) -> np.ndarray:
     """Replace every word of ``view`` by ``value`` (``XCHG``), ``word & value`` (``AND``)
     or ``word | value`` (``OR``); return the old words."""
@@ -63,6 +75,47 @@ def rmw(view: np.ndarray, value: np.uint64, kind: int) -> np.ndarray:
             old[i] = v
             view[i] = v | value
     return old
+
+
+@njit(cache=True, nogil=True)
+def rmw_selected(view: np.ndarray, sel: np.ndarray, value: np.uint64, kind: int
+                 ) -> np.ndarray:
+    """``rmw`` of the words ``sel`` selects (a boolean array as long as ``view``); the
+    others are left as they are. Returns every old word. One pass, branch-free: each
+    word is written back, the selected ones changed (``m``: all ones where selected)."""
+    n = len(view)
+    old = np.empty(n, np.uint64)
+    zero = np.uint64(0)
+    if kind == XCHG:
+        for i in range(n):
+            v = view[i]
+            old[i] = v
+            m = zero - np.uint64(sel[i])
+            view[i] = v ^ ((v ^ value) & m)
+    elif kind == AND:
+        for i in range(n):
+            v = view[i]
+            old[i] = v
+            m = zero - np.uint64(sel[i])
+            view[i] = v & (value | ~m)
+    else:
+        for i in range(n):
+            v = view[i]
+            old[i] = v
+            m = zero - np.uint64(sel[i])
+            view[i] = v | (value & m)
+    return old
+
+
+@njit(cache=True, nogil=True)
+def store_selected(view: np.ndarray, values: np.ndarray, sel: np.ndarray) -> None:
+    """``view[sel] = values[sel]`` (``values`` and ``sel`` as long as ``view``), in one
+    branch-free pass."""
+    zero = np.uint64(0)
+    for i in range(len(view)):
+        v = view[i]
+        m = zero - np.uint64(sel[i])
+        view[i] = v ^ ((v ^ values[i]) & m)
 
 
 @njit(cache=True, nogil=True)
@@ -103,33 +156,77 @@ def touch_lines(time: np.ndarray, tid1: np.ndarray, lo: int, hi: int, tid: int,
     """Stamp lines ``[lo, hi)`` as written by ``tid`` at ``now``; for an atomic, first
     count those another CPU wrote within ``window`` (contended lines)."""
     me = np.int32(tid + 1)
+    t = time[lo:hi]  # (indexing slices from 0, not ``range(lo, hi)``: that loop was not
+    d = tid1[lo:hi]  # vectorised, at a third of the speed)
     nc = 0
     if atomic:
-        for ln in range(lo, hi):
-            p = tid1[ln]
-            nc += (p != 0) & (p != me) & (now - time[ln] < window)
-    for ln in range(lo, hi):
-        time[ln] = now
-        tid1[ln] = me
+        for i in range(len(t)):
+            p = d[i]
+            nc += (p != 0) & (p != me) & (now - t[i] < window)
+    for i in range(len(t)):
+        t[i] = now
+        d[i] = me
     return nc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _any_selected(sel: np.ndarray, a: int, b: int) -> bool:
+    """Is any of ``sel[a:b]`` set (``a``, ``b`` clipped to the array)."""
+    h = False
+    for k in range(max(a, 0), min(b, len(sel))):
+        h |= sel[k]
+    return h
 
 
 @njit(cache=True, nogil=True)
 def touch_selected(time: np.ndarray, tid1: np.ndarray, sel: np.ndarray, lo: int,
                    shift: int, tid: int, now: int, window: int, atomic: bool) -> int:
     """``touch_lines`` for the lines holding a selected word (word ``lo + k`` where
-    ``sel[k]``; a line holds ``1 << shift`` words), each line once."""
+    ``sel[k]``; a line holds ``1 << shift`` words), each line once.
+
+    Two branch-free passes: which lines hold a selected word (for a line of a multiple
+    of 8 words wholly in the range, its selections read 8 at a time as one ``uint64``;
+    the partial lines at the ends, or every line if lines are shorter, word by word),
+    then every line of the range is written back, stamped where it holds one."""
+    n = len(sel)
+    if n == 0:
+        return 0
     me = np.int32(tid + 1)
+    per = 1 << shift
+    off = lo & (per - 1)  # words of the first line before ``lo``
+    l0 = lo >> shift
+    nl = (off + n + per - 1) >> shift
+    hit = np.empty(nl, np.uint8)
+    j0 = 0 if off == 0 else 1  # lines [j0, j1) lie wholly in the range
+    j1 = (off + n) >> shift
+    if per % 8 != 0 or j1 <= j0 or sel.strides[0] != 1:
+        j1 = j0  # (a strided ``sel`` has no 8 selections to read as one word)
+    else:
+        a = j0 * per - off
+        words = sel[a:a + (j1 - j0) * per].view(np.uint64)
+        q = per // 8
+        h = hit[j0:j1]
+        if q == 1:
+            for j in range(len(h)):
+                h[j] = words[j] != np.uint64(0)
+        else:
+            for j in range(len(h)):
+                x = np.uint64(0)
+                for k in range(q):
+                    x |= words[j * q + k]
+                h[j] = x != np.uint64(0)
+    for j in range(j0):
+        hit[j] = _any_selected(sel, j * per - off, (j + 1) * per - off)
+    for j in range(j1, nl):
+        hit[j] = _any_selected(sel, j * per - off, (j + 1) * per - off)
+    t = time[l0:l0 + nl]
+    d = tid1[l0:l0 + nl]
     nc = 0
-    last = -1
-    for i in range(len(sel)):
-        if sel[i]:
-            ln = (lo + i) >> shift
-            if ln != last:
-                last = ln
-                if atomic:
-                    p = tid1[ln]
-                    nc += (p != 0) & (p != me) & (now - time[ln] < window)
-                time[ln] = now
-                tid1[ln] = me
+    for j in range(len(t)):
+        hj = hit[j] != 0
+        p = d[j]
+        tj = t[j]
+        nc += hj & atomic & (p != 0) & (p != me) & (now - tj < window)
+        t[j] = now if hj else tj
+        d[j] = me if hj else p
     return nc

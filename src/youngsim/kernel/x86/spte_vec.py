@@ -11,6 +11,15 @@ The scalar helpers in ``spte.py`` stay the definition: the tests check these ker
 against them entry by entry (``tests/test_vec_kernels.py``). No kernel's loop body
 branches on an entry (only on flags fixed for the call), and each returns its counts,
 so a caller asks "any?" without another pass.
+
+An aging walker's decisions are one kernel (``age_scan``: ``accessed`` and
+``age_select`` in one read of the chunk), which goes by blocks of ``BLOCK`` entries (a
+leaf table's worth): one branch-free reduction finds which of the bits the decisions
+read vary within the block; where none that matters does (a guest touched all of the
+block since the last pass, or none of it), the block is decided once and its masks
+filled, else entry by entry (the block is in L1 by then). Decided per entry, in 64-bit
+lanes, the decisions are compute-bound, some 4x a read of the chunk; a block decided
+once costs about its read.
 """
 
 from __future__ import annotations
@@ -34,6 +43,16 @@ _D_SHIFT = np.uint64(S.shadow_dirty_mask.bit_length() - 1)
 _W_SHIFT = np.uint64(S.VMX_EPT_WRITABLE.bit_length() - 1)
 _P_SHIFT = np.uint64(S.SPTE_MMU_PRESENT_MASK.bit_length() - 1)
 _AD_SHIFT = np.uint64(S.SPTE_AD_ENABLED.bit_length() - 1)
+_W_D = np.uint64(S.VMX_EPT_WRITABLE | S.shadow_dirty_mask)
+_ONES = np.uint64(S.MASK)
+#: the bits ``is_accessed_spte`` and ``spte_ad_enabled`` read (entries equal on these
+#: are equally accessed, A/D or not), and with D the bits ``spte_needs_atomic_update``
+#: reads of an accessed A/D entry (writable, not dirty)
+_ACC_BITS = np.uint64(S.SPTE_MMU_PRESENT_MASK | S.SPTE_AD_ENABLED | S.shadow_accessed_mask
+                      | S.VMX_EPT_RWX_MASK)
+_DECIDED_BY = _ACC_BITS | _D
+#: entries per block of ``age_scan`` (a leaf table's worth)
+BLOCK = S.PT_ENTRIES
 
 #: ``age_select`` modes: which young A/D SPTEs a walker clears with an atomic
 LOCKLESS = 0  # every one: the lockless walker cannot know who else writes the SPTE
@@ -91,6 +110,81 @@ def age_select(vals: np.ndarray, acc: np.ndarray, mode: int, accessed_volatile: 
         n_noad += a & (on ^ one)
         n_atomic += x
     return ad.view(np.bool_), atomic.view(np.bool_), n_ad, n_noad, n_atomic
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _age_bits(v: np.uint64, pick: bool, check: bool) -> tuple[bool, bool, bool, bool]:
+    """One entry's decisions, as ``accessed`` then ``age_select`` with ``acc`` = accessed
+    take them: (accessed, ad, accessed without A/D, atomic). An accessed A/D entry is
+    present with A set, so of ``spte_needs_atomic_update`` only "writable, not dirty" is
+    left to ask."""
+    k = v & _P_AD_A
+    d = k == _P_AD_A
+    o = ((k | _A) == _P_A) & ((v & _RWX) != _ZERO)
+    x = d & (pick | (check & ((v & _W_D) == _W)))
+    return d | o, d, o, x
+
+
+@njit(cache=True, nogil=True)
+def age_scan(vals: np.ndarray, mode: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int]:
+    """``accessed`` and then ``age_select`` of what it selects, in one read of the chunk:
+    (acc, ad, atomic, how many acc, how many ad, how many of acc are not ad, how many
+    atomic). No ``accessed_volatile``: it asks whether an A/D entry has A clear, and
+    every accessed one has it set.
+
+    By blocks of ``BLOCK`` entries, with the bits that vary within the block (``vary``,
+    one branch-free reduction): if none of ``_ACC_BITS`` does, the block is equally
+    accessed and A/D throughout, decided once; so is ``atomic``, unless the block's
+    entries are accessed A/D ones of a ``LOCKED`` walk and D varies (then ``atomic``
+    alone is decided entry by entry). Any other block: every decision per entry."""
+    n = len(vals)
+    acc = np.empty(n, np.uint8)
+    ad = np.empty(n, np.uint8)
+    atomic = np.empty(n, np.uint8)
+    n_ad = 0
+    n_noad = 0
+    n_atomic = 0
+    pick = mode == LOCKLESS  # every ad entry
+    check = mode == LOCKED  # those that need it
+    for b0 in range(0, n, BLOCK):
+        blk = vals[b0:b0 + BLOCK]
+        m = len(blk)
+        f_and = _ONES
+        f_or = _ZERO
+        for i in range(m):
+            f = blk[i] & _DECIDED_BY
+            f_and &= f
+            f_or |= f
+        vary = f_and ^ f_or
+        b_atomic = atomic[b0:b0 + m]
+        if (vary & _ACC_BITS) == _ZERO:  # accessed, A/D: one decision for the block
+            a, d, o, x = _age_bits(f_and, pick, check)
+            acc[b0:b0 + m] = a
+            ad[b0:b0 + m] = d
+            n_ad += m * d
+            n_noad += m * o
+            if (vary & _D) == _ZERO or not (d and check):
+                b_atomic[:] = x
+                n_atomic += m * x
+            else:  # accessed A/D entries, LOCKED: atomic if writable, not dirty
+                for i in range(m):
+                    x = (blk[i] & _W_D) == _W
+                    b_atomic[i] = x
+                    n_atomic += x
+        else:
+            b_acc = acc[b0:b0 + m]
+            b_ad = ad[b0:b0 + m]
+            for i in range(m):
+                a, d, o, x = _age_bits(blk[i], pick, check)
+                b_acc[i] = a
+                b_ad[i] = d
+                b_atomic[i] = x
+                n_ad += d
+                n_noad += o
+                n_atomic += x
+    return (acc.view(np.bool_), ad.view(np.bool_), atomic.view(np.bool_), n_ad + n_noad,
+            n_ad, n_noad, n_atomic)
 
 
 @njit(cache=True, nogil=True)

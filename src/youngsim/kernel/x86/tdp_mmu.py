@@ -310,28 +310,6 @@ class TdpMmu(EptTables):
         chunks. Returns (any young, stop: a plain test has its answer)."""
         sys = self.sys
         young = False
-        for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
-            vals = yield vload(table, clo, chi, cost="spte_read")
-            acc, n = V.accessed(vals)
-            if not n:
-                continue
-            # the seeded bug: only a test reports young, a clear forgets to say so
-            young = young or test_only or not sys.bug("age-forgets-young")
-            sys.ghost_seen_young_many(base + clo, acc)
-            if should_clear is not None:
-                # called for every young page, in test mode too (it may record it)
-                acc = acc & should_clear_chunk(should_clear, base + clo, acc)
-            elif test_only:
-                return young, True  # kvm_test_age_gfn: the first young SPTE answers
-            if test_only or not acc.any():
-                continue
-            yield from self._age_chunk(table, base, clo, chi, vals, acc, lockless,
-                                       accessed_volatile)
-        return young, False
-
-    def _age_chunk(self, table: Any, base: int, lo: int, hi: int, vals: np.ndarray,
-                   acc: np.ndarray, lockless: bool, accessed_volatile: bool) -> Gen:
-        sys = self.sys
         if sys.bug("plain-store-clear") and lockless:
             # the seeded bug: write back the value read earlier, minus A
             mode = V.NONE
@@ -339,8 +317,38 @@ class TdpMmu(EptTables):
             mode = V.LOCKLESS
         else:  # tdp_mmu_clear_spte_bits: atomic only where the SPTE is volatile
             mode = V.LOCKED
-        ad, atomic, n_ad, n_noad, n_atomic = V.age_select(vals, acc, mode,
-                                                          accessed_volatile)
+        for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
+            vals = yield vload(table, clo, chi, cost="spte_read")
+            if test_only:
+                acc, n = V.accessed(vals)
+            else:  # and what a clear does to each (one read of the chunk)
+                acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_scan(vals, mode)
+            if not n:
+                continue
+            # the seeded bug: only a test reports young, a clear forgets to say so
+            young = young or test_only or not sys.bug("age-forgets-young")
+            sys.ghost_seen_young_many(base + clo, acc, n)
+            if should_clear is not None:
+                # called for every young page, in test mode too (it may record it)
+                acc = acc & should_clear_chunk(should_clear, base + clo, acc)
+                if not test_only and np.count_nonzero(acc) != n:  # it kept some young
+                    ad, atomic, n_ad, n_noad, n_atomic = V.age_select(vals, acc, mode,
+                                                                      accessed_volatile)
+            elif test_only:
+                return young, True  # kvm_test_age_gfn: the first young SPTE answers
+            if test_only or not n_ad + n_noad:  # (acc = ad | noad)
+                continue
+            yield from self._age_chunk(table, base, clo, chi, vals, acc, ad, atomic, n_ad,
+                                       n_noad, n_atomic, lockless)
+        return young, False
+
+    def _age_chunk(self, table: Any, base: int, lo: int, hi: int, vals: np.ndarray,
+                   acc: np.ndarray, ad: np.ndarray, atomic: np.ndarray, n_ad: int,
+                   n_noad: int, n_atomic: int, lockless: bool) -> Gen:
+        """Clear the young entries ``acc`` selects, as ``age_select`` split them: ``ad``
+        by clearing A (``atomic`` of them with a fetch-and), the others by marking them
+        for access tracking."""
+        sys = self.sys
         if n_ad:
             old = vals
             if n_atomic == len(vals):  # (so is ad: one fetch-and over the whole chunk)
@@ -358,9 +366,9 @@ class TdpMmu(EptTables):
                                  vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
                                  select=None if n_ad == len(vals) and not n_atomic
                                  else ad & ~atomic, cost="spte_write")
-            cleared, _ = V.cleared(old, ad, self.ghost_lockless_clears, base + lo,
-                                   lockless)
-            sys.ghost_cleared_many(base + lo, cleared)
+            cleared, n_cleared = V.cleared(old, ad, self.ghost_lockless_clears, base + lo,
+                                           lockless)
+            sys.ghost_cleared_many(base + lo, cleared, n_cleared)
         if not n_noad:
             return
         noad = acc & ~ad

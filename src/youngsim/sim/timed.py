@@ -12,12 +12,12 @@ Model of execution
 ------------------
 - Each thread is one simulated CPU with its own clock ``clk[tid]``: the virtual time at
   which its pending operation can start.
-- A heap of ``(ready time, sequence, tid)`` holds the threads that can run; the driver
-  repeatedly takes the earliest, executes its operation (the operation takes effect at its
-  start time) and advances the thread's clock by the operation's cost: the thread is busy
-  for that long. The sequence number (a global counter of pushes) breaks ties: first come,
-  first served, deterministically. A thread whose next operation is again the earliest
-  event continues without a heap round trip (same order, less work).
+- A ready queue (``_ReadyQueue``) holds the threads that can run, by ready time; the
+  driver repeatedly takes the earliest, executes its operation (the operation takes effect
+  at its start time) and advances the thread's clock by the operation's cost: the thread
+  is busy for that long. Threads ready at the same time go in the order they were queued:
+  first come, first served, deterministically. A thread whose next operation is again the
+  earliest event continues without a queue round trip (same order, less work).
 - A thread whose pending operation is not enabled (a queued lock ``acquire``, a
   grace-period wait, a ``wait_until`` whose condition is false) is *parked*. A step that
   changes what it waits on (the lock, the RCU domain, the word) re-checks it; once enabled
@@ -151,6 +151,38 @@ _KCLASS: tuple[int, ...] = tuple(
     _KC_GRANT if k == O.GRANT else
     _KC_PLAIN
     for k in range(_NKINDS))
+
+class _ReadyQueue:
+    """Threads ready to run, earliest ready time first and, at equal times, in the order
+    they were queued: a heap of the distinct times, and per time its threads in order.
+
+    The same order as a heap of ``(time, sequence number, tid)``, with no tuple per entry:
+    the heap holds ints, and a thread queued at a time already present (frequent: many
+    operations cost nothing) is an append."""
+
+    __slots__ = ("times", "at")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []  # a heap; each time once
+        self.at: dict[int, list[int]] = {}  # time -> its threads, first come first
+
+    def push(self, time: int, tid: int) -> None:
+        q = self.at.get(time)
+        if q is None:
+            self.at[time] = [tid]
+            heapq.heappush(self.times, time)
+        else:
+            q.append(tid)
+
+    def pop(self, time: int) -> int:
+        """The first thread queued at ``time``, which must be the earliest time."""
+        q = self.at[time]
+        tid = q.pop(0)
+        if not q:
+            del self.at[time]
+            heapq.heappop(self.times)
+        return tid
+
 
 class _Cost:
     """What the hot loop needs to know of a label or kind (cost, category, whether it
@@ -540,8 +572,7 @@ class TimedDriver:
         self._batch_last: dict[int, int] = {}  # tid -> its step count at its last batch op
         self._park: dict[int, tuple[int, int, bool, str | None, _LockStats | None]] = {}
         self._waiters: dict[int, list[int]] = {}  # oid -> parked tids (WAIT, GP_WAIT)
-        self._heap: list[tuple[int, int, int]] = []
-        self._seq = 0
+        self._rq = _ReadyQueue()
         self._lines: dict[int, int] = {}  # (oid << 32 | line) -> (time << 32 | tid)
         #: oid -> its ``_LineTable`` if the object is large, None if its lines are in
         #: ``_lines``
@@ -599,8 +630,7 @@ class TimedDriver:
         if t.pending.kind in _BLOCKING and not self.m.enabled(tid):
             self._park_thread(tid, t.pending)
             return
-        heapq.heappush(self._heap, (self._clk[tid], self._seq, tid))
-        self._seq += 1
+        self._rq.push(self._clk[tid], tid)
 
     def _park_thread(self, tid: int, op: O.Op) -> None:
         k = op.kind
@@ -655,8 +685,7 @@ class TimedDriver:
         ready = (c0 if c0 > at else at) + handoff
         self._account_wait(tid, c0, ready, cid, spinning, leaf, ls)
         self._clk[tid] = ready
-        heapq.heappush(self._heap, (ready, self._seq, tid))
-        self._seq += 1
+        self._rq.push(ready, tid)
 
     def _account_wait(self, tid: int, c0: int, c1: int, cid: int, spinning: bool,
                       leaf: str | None, ls: _LockStats | None) -> None:
@@ -786,9 +815,10 @@ class TimedDriver:
         step = m.step
         enabled = m.enabled
         threads = m.threads
-        heap = self._heap
-        heappush = heapq.heappush
-        heappop = heapq.heappop
+        rq = self._rq
+        rtimes = rq.times  # the earliest ready time is rtimes[0]
+        push = rq.push
+        pop = rq.pop
         clk = self._clk
         cat = self._cat
         rolecat = self._rolecat
@@ -821,8 +851,7 @@ class TimedDriver:
         budget = max_steps if max_steps is not None else -1
         steps = 0
         contended = 0
-        seq = self._seq
-        carry = -1  # a thread to run next without a heap round trip
+        carry = -1  # a thread to run next without a queue round trip
         stopped = "empty"
         try:
             while True:
@@ -834,12 +863,13 @@ class TimedDriver:
                     now = clk[tid]
                     carry = -1
                 else:
-                    if not heap:
+                    if not rtimes:
                         break
-                    if heap[0][0] >= limit:
+                    now = rtimes[0]
+                    if now >= limit:
                         stopped = "until"
                         break
-                    now, _, tid = heappop(heap)
+                    tid = pop(now)
                 t = threads[tid]
                 op = t.pending
                 k = op.kind
@@ -981,21 +1011,14 @@ class TimedDriver:
                                     else:
                                         ls.sleep_ns += dt
                                 clk[h] = ready
-                                heappush(heap, (ready, seq, h))
-                                seq += 1
+                                push(ready, h)
                     if rs_oid >= 0 and waiters and not lk.sleeping:
-                        self._seq = seq
                         self._check_waiters(rs_oid, end)
-                        seq = self._seq
                 else:
                     if waiters and obj is not None and obj.oid in waiters:
-                        self._seq = seq
                         self._check_waiters(obj.oid, end)
-                        seq = self._seq
                     if kc == KC_SPAWN:
-                        self._seq = seq
                         self._spawned(tid, end, k == CALL_RCU)
-                        seq = self._seq
                 if t.done:
                     if m.live == 0 and not all_daemon:
                         stopped = "done"
@@ -1004,16 +1027,13 @@ class TimedDriver:
                 if blocking[t.pending.kind] and not enabled(tid):
                     self._park_thread(tid, t.pending)
                     continue
-                if end < limit and (not heap or end < heap[0][0]):
+                if end < limit and (not rtimes or end < rtimes[0]):
                     carry = tid
                 else:
-                    heappush(heap, (end, seq, tid))
-                    seq += 1
+                    push(end, tid)
         finally:
             if carry >= 0:
-                heappush(heap, (clk[carry], seq, carry))
-                seq += 1
-            self._seq = seq
+                push(clk[carry], carry)
             self._steps += steps
             self._contended += contended
         return stopped

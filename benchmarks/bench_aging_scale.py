@@ -63,7 +63,7 @@ from youngsim.designs import DESIGNS
 from youngsim.kernel.arm64.pgtable import AF
 from youngsim.kernel.x86 import spte as S
 from youngsim.perf.harness import fmt_size, parse_size, perf_cost_model
-from youngsim.sim import Machine
+from youngsim.sim import Machine, _native
 from youngsim.sim.timed import TimedDriver
 
 TARGET = 2.0
@@ -191,7 +191,7 @@ def main() -> int:
           f"{fmt_size(size)} guest: {npages:,} SPTEs ({fmt_size(npages * 8)}) on {a.mmu}, "
           f"chunk {a.chunk} entries")
     print(f"python {platform.python_version()} on {platform.machine()}, numpy "
-          f"{np.__version__}")
+          f"{np.__version__}, sim core {_native.MODE}")
     print(tune_malloc())
     cm = perf_cost_model()
     warm_up(a.mmu, a.chunk, cm, designs)

@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 from _common import pin_one_core, verdict
-from youngsim.sim import Machine, SpinLock, nop, spin_lock, spin_unlock
+from youngsim.sim import Machine, SpinLock, _native, nop, spin_lock, spin_unlock
 from youngsim.sim.costmodel import load_cost_model
 from youngsim.sim.timed import TimedDriver
 
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== timed driver vs SimPy {getattr(simpy, '__version__', '?')}: {n} processes "
           f"contending one FIFO lock, hold {hold} ns, think {think} ns, horizon "
           f"{horizon} ns virtual")
-    print(f"python {platform.python_version()} on {platform.machine()}, {pin}")
+    print(f"python {platform.python_version()} on {platform.machine()}, {pin}, "
+          f"sim core {_native.MODE}")
 
     cm = youngsim_cost_model(hold, think)
     ev_simpy = simpy_events(simpy, n, hold, think, horizon)

@@ -50,6 +50,17 @@ def test_predicates_match_the_scalar_helpers(values: list[int]) -> None:
         assert n == int(want.sum()), fn.__name__
 
 
+def expected_atomic(mode: int, want_ad: np.ndarray, values: list[int], volatile: bool
+                    ) -> np.ndarray:
+    """Which of the A/D entries ``want_ad`` a walker in ``mode`` clears with an atomic,
+    by the scalar definition (``spte_needs_atomic_update`` for a locked walk)."""
+    if mode == V.LOCKLESS:
+        return want_ad
+    if mode == V.LOCKED:
+        return want_ad & scalar(S.spte_needs_atomic_update, values, volatile)
+    return np.zeros(len(values), dtype=bool)
+
+
 @settings(max_examples=150, deadline=None)
 @given(sptes, st.data())
 def test_age_select_is_the_per_spte_decision(values: list[int], data: st.DataObject
@@ -62,13 +73,7 @@ def test_age_select_is_the_per_spte_decision(values: list[int], data: st.DataObj
         for volatile in (False, True):
             ad, atomic, n_ad, n_noad, n_atomic = V.age_select(vals, acc, mode, volatile)
             want_ad = acc & ad_on
-            if mode == V.LOCKLESS:
-                want_atomic = want_ad
-            elif mode == V.LOCKED:
-                want_atomic = want_ad & scalar(S.spte_needs_atomic_update, values,
-                                               volatile)
-            else:
-                want_atomic = np.zeros(len(values), dtype=bool)
+            want_atomic = expected_atomic(mode, want_ad, values, volatile)
             assert ad.tolist() == want_ad.tolist(), (mode, volatile)
             assert atomic.tolist() == want_atomic.tolist(), (mode, volatile)
             assert (n_ad, n_noad, n_atomic) == (int(want_ad.sum()),
@@ -120,13 +125,7 @@ def test_age_scan_is_accessed_then_the_per_spte_decision(
         assert acc.tolist() == want_acc.tolist(), mode
         assert ad.tolist() == want_ad.tolist(), mode
         for volatile in (False, True):
-            if mode == V.LOCKLESS:
-                want_atomic = want_ad
-            elif mode == V.LOCKED:
-                want_atomic = want_ad & scalar(S.spte_needs_atomic_update, values,
-                                               volatile)
-            else:
-                want_atomic = np.zeros(len(values), dtype=bool)
+            want_atomic = expected_atomic(mode, want_ad, values, volatile)
             assert atomic.tolist() == want_atomic.tolist(), (mode, volatile)
         assert (n, n_ad, n_noad, n_atomic) == (
             int(want_acc.sum()), int(want_ad.sum()), int((want_acc & ~want_ad).sum()),

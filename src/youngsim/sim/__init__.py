@@ -5,6 +5,10 @@ types from here; drivers use ``Machine`` (the executor), ``explore`` (the checke
 later, the timed driver.
 """
 
+from ._native import select as _select
+
+_select()  # compiled (mypyc) core, or the .py sources: see _native.py
+
 from .machine import BUG_ON, WARN_ON, Machine, Violation
 from .memory import MASK64, Words
 from .ops import (Op, alloc, call_rcu, cas, fetch_add, fetch_and, fetch_or, free,

@@ -27,6 +27,8 @@ from . import ops as O
 from . import vec
 from .memory import MASK64, Words
 from .ops import Op
+from .callbacks import __file__ as _callbacks_file
+from .callbacks import rcu_callback as _rcu_callback
 from .sync import EXCL, READ, Lock, RcuDomain
 
 # operation kinds as module constants (cheaper to read than ``O.KIND`` in the hot path)
@@ -98,8 +100,10 @@ class Thread:
         self.tid = tid
         self.name = name
         self.gen = gen
-        #: ``gen.send``, bound once (the executor resumes the thread with it every step)
-        self.send: Callable[[Any], Op] = gen.send
+        #: ``gen.send``, bound once (the executor resumes the thread with it every step);
+        #: typed ``object``, not ``Op``: compiled, a yield of anything else would be
+        #: mypyc's TypeError instead of ``_advance``'s model-error
+        self.send: Callable[[Any], object] = gen.send
         #: the next operation; ``NO_OP`` before the first yield and once done
         self.pending: Op = NO_OP
         self.done = False
@@ -129,7 +133,9 @@ class Step:
         self.loc = loc
 
 
-_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# not this module's __file__: compiled by mypyc with its shared library inside the
+# package, that is wrong while the module body runs
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_callbacks_file)))
 
 
 def _location(gen: Generator[Any, Any, Any]) -> str:
@@ -137,7 +143,7 @@ def _location(gen: Generator[Any, Any, Any]) -> str:
     g: Any = gen
     while getattr(g, "gi_yieldfrom", None) is not None and hasattr(g.gi_yieldfrom, "gi_frame"):
         g = g.gi_yieldfrom
-    f = g.gi_frame
+    f = getattr(g, "gi_frame", None)  # None: finished, or a compiled generator
     if f is None:
         return "?"
     path = f.f_code.co_filename
@@ -326,10 +332,8 @@ class Machine:
                 self.trace.append(Step(self.nsteps, tid, op, res, t.loc))
             self._advance(t, res)
         if self.violation is None:
-            if self.invariants:
-                self._check_invariants(op)
-                if self.violation is not None:
-                    return
+            if self.invariants and self._check_invariants(op):
+                return
             if self.live == 0 and live_before:
                 self._check_final()  # once, when the last non-daemon thread finished
 
@@ -370,13 +374,14 @@ class Machine:
         advanced another thread."""
         self.current = t
         try:
-            op = t.send(value)
+            nxt = t.send(value)
         except Exception as e:
             self._advance_failed(t, e)
             return
-        if type(op) is not Op:
-            self._bad_yield(t, op)
+        if type(nxt) is not Op:
+            self._bad_yield(t, nxt)
             return
+        op = nxt
         obj = op.obj
         if obj is not None and obj.oid is None:
             obj.oid = self._next_oid
@@ -427,7 +432,8 @@ class Machine:
             self.violation = Violation(
                 "rcu-leak", f"{t.name} exited inside an RCU or SRCU read section", t.tid)
 
-    def _check_invariants(self, op: Op) -> None:
+    def _check_invariants(self, op: Op) -> bool:
+        """True if an invariant failed (``violation`` is then set)."""
         tag = op.obj.tag if (op.write and type(op.obj) is Words) else None
         for (name, fn), watch in zip(self.invariants, self.watches):
             if watch is not None and tag not in watch:
@@ -435,7 +441,8 @@ class Machine:
             msg = fn(self)
             if msg:
                 self.violation = Violation(name, msg)
-                return
+                return True
+        return False
 
     def _check_final(self) -> None:
         for name, fn in self.final_checks:
@@ -655,11 +662,3 @@ class Machine:
     # -- convenience -----------------------------------------------------------------
     def thread_names(self) -> dict[int, str]:
         return {t.tid: t.name for t in self.threads}
-
-
-def _rcu_callback(dom: RcuDomain, snap: tuple[tuple[int, int], ...], fn: ThreadFn,
-                  args: Iterable[Any]) -> Generator[Op, Any, Any]:
-    """Body of a ``call_rcu`` callback: wait for the grace period, then run ``fn``."""
-    if snap:
-        yield Op(O.GP_WAIT, dom, a=snap)
-    yield from fn(*args)

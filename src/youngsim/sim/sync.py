@@ -19,10 +19,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 EXCL: Final = 0
 READ: Final = 1
 
 
+# compiled by mypyc, these may be subclassed in interpreted code (the tests' broken locks)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Lock:
     """A lock with a FIFO wait queue. ``mode`` is ``EXCL`` or ``READ``."""
 
@@ -114,6 +118,7 @@ class Mutex(Lock):
     __slots__ = ()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RWLock(Lock):
     """Queued rwlock: shared readers, exclusive writer, FIFO waiters (writer fairness)."""
 
@@ -122,6 +127,7 @@ class RWLock(Lock):
     __slots__ = ()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RcuDomain:
     """An RCU (or, with ``sleepable=True``, SRCU) domain.
 

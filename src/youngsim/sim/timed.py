@@ -71,8 +71,8 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Sequence
 
 import numpy as np
 
@@ -432,7 +432,7 @@ class TimedResult:
         return {
             "program": self.program, "cost_model": self.cost_model,
             "stopped": self.stopped, "end_ns": self.end_ns, "steps": self.steps,
-            "threads": [t.__dict__ for t in self.threads],
+            "threads": [{f.name: getattr(t, f.name) for f in fields(t)} for t in self.threads],
             "categories": self.categories,
             "locks": {n: {"kind": lk.kind, "acquisitions": lk.acquisitions,
                           "contended": lk.contended, "spin_ns": lk.spin_ns,
@@ -766,7 +766,8 @@ class TimedDriver:
             if stopped != "empty":
                 break
             # nothing is ready: done, a deadlock, or (a driver bug) a missed wakeup
-            if m.violation is not None:
+            # (self.m, not m: mypy narrowed m.violation to None above, mypyc by it)
+            if self.m.violation is not None:
                 stopped = "violation"
                 break
             if m.live == 0 and not self._all_daemon:
@@ -812,13 +813,11 @@ class TimedDriver:
         """The event loop. Returns why it stopped: "until", "max_steps", "violation",
         "done", or "empty" (nothing ready; the caller decides what that means)."""
         m = self.m
-        step = m.step
-        enabled = m.enabled
+        # methods are called through their objects, not bound to locals: compiled
+        # (mypyc), such a call is a direct C call, a bound method a Python-level one
         threads = m.threads
         rq = self._rq
         rtimes = rq.times  # the earliest ready time is rtimes[0]
-        push = rq.push
-        pop = rq.pop
         clk = self._clk
         cat = self._cat
         rolecat = self._rolecat
@@ -869,14 +868,14 @@ class TimedDriver:
                     if now >= limit:
                         stopped = "until"
                         break
-                    tid = pop(now)
+                    tid = rq.pop(now)
                 t = threads[tid]
                 op = t.pending
                 k = op.kind
                 # a woken lock or grace-period waiter stays enabled (only the queue head
                 # can be granted and nothing takes the lock past a non-empty queue; a
                 # grace period never un-ends), but a wait_until condition can turn false
-                if k == _WAIT and not enabled(tid):
+                if k == _WAIT and not m.enabled(tid):
                     self._park_thread(tid, op)
                     continue
                 lab = op.cost
@@ -941,7 +940,7 @@ class TimedDriver:
                     if c and cid != SLEEP_ID:
                         self._sample(tid, t, c)
                 m.now = now
-                step(tid)
+                m.step(tid)
                 steps += 1
                 clk[tid] = end
                 if m.violation is not None:
@@ -1011,7 +1010,7 @@ class TimedDriver:
                                     else:
                                         ls.sleep_ns += dt
                                 clk[h] = ready
-                                push(ready, h)
+                                rq.push(ready, h)
                     if rs_oid >= 0 and waiters and not lk.sleeping:
                         self._check_waiters(rs_oid, end)
                 else:
@@ -1024,16 +1023,16 @@ class TimedDriver:
                         stopped = "done"
                         break
                     continue
-                if blocking[t.pending.kind] and not enabled(tid):
+                if blocking[t.pending.kind] and not m.enabled(tid):
                     self._park_thread(tid, t.pending)
                     continue
                 if end < limit and (not rtimes or end < rtimes[0]):
                     carry = tid
                 else:
-                    push(end, tid)
+                    rq.push(end, tid)
         finally:
             if carry >= 0:
-                push(clk[carry], carry)
+                rq.push(clk[carry], carry)
             self._steps += steps
             self._contended += contended
         return stopped
@@ -1111,6 +1110,7 @@ class TimedDriver:
                                         k in _VATOMIC)
             return c + nc * self._surcharge, nc
         base = op.obj.oid << 32
+        ls: Sequence[int]  # declared: mypyc checks the type of each assignment
         if sel is None:
             ls = range(op.lo >> s, ((op.hi - 1) >> s) + 1)
         else:

@@ -17,7 +17,7 @@ agree. youngsim still does all its per-operation work (cost lookup, cache-line
 contention bookkeeping, lock statistics, CPU-time categories, parking and waking).
 
 Figures, all measured in this one process run, alternating the sides and keeping each
-side's best of ``--repeat`` runs:
+side's best of ``--repeat`` runs (default 15):
 
 - events/s, each side counting its own events: SimPy's processed events (counted in a
   separate instrumented run: request, timeout, release, timeout per cycle, plus process
@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", type=int, default=300, help="think time T (ns)")
     ap.add_argument("--cycles", type=int, default=40_000,
                     help="approximate lock cycles to simulate per run")
-    ap.add_argument("--repeat", type=int, default=5, help="runs per side (best kept)")
+    ap.add_argument("--repeat", type=int, default=15,
+                    help="runs per side, alternated; the best of each side is kept (on"
+                    " this shared machine a run varies by +-30%%: 15 steadies the best)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     args = ap.parse_args(argv)
     try:

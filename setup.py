@@ -7,6 +7,7 @@ source goes to youngsim/sim/_build.py (generated), which sim/_native.py checks a
 
 import glob
 import hashlib
+import importlib.util
 import os
 import sys
 
@@ -14,7 +15,20 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PKG = os.path.join("src", "youngsim", "sim")
-CORE = ("ops", "memory", "sync", "machine", "timed")  # the same as _native.CORE
+
+
+def _native():
+    """``sim/_native.py`` (standard library only), loaded by path: it names the modules
+    to compile and their library, and checks at import what this build records."""
+    spec = importlib.util.spec_from_file_location("_youngsim_native",
+                                                  os.path.join(PKG, "_native.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+NATIVE = _native()
+CORE = NATIVE.CORE
 CMD = sys.argv[1] if len(sys.argv) > 1 else ""
 COMPILE = (CMD not in ("egg_info", "dist_info", "sdist")  # metadata only: no mypyc run
            and os.environ.get("YOUNGSIM_NO_COMPILE", "") in ("", "0"))
@@ -50,7 +64,7 @@ def extensions():
     from mypyc.build import mypycify
 
     exts = mypycify([os.path.join(PKG, m + ".py") for m in CORE],
-                    group_name="youngsim.sim._core",  # youngsim/sim/_core__mypyc.*.so
+                    group_name="youngsim.sim." + NATIVE.LIB,  # sim/_core__mypyc.*.so
                     opt_level=os.environ.get("YOUNGSIM_OPT_LEVEL", "3"))
     for ext in exts:
         ext.optional = True  # no C compiler: setuptools warns, skips it, and goes on

@@ -16,7 +16,9 @@ import os
 import sys
 from typing import Any
 
-CORE = ("ops", "memory", "sync", "machine", "timed")  # the same as setup.py's
+#: the compiled modules, and their shared library (setup.py reads both from here)
+CORE = ("ops", "memory", "sync", "machine", "timed")
+LIB = "_core"  # youngsim/sim/_core__mypyc.*.so
 _PKG = __name__.rpartition(".")[0]
 _DIR = os.path.dirname(os.path.abspath(__file__))
 MODE = "?"  #: "compiled" or "pure: <why>"
@@ -32,7 +34,7 @@ class _PureFinder:
 
 def _why_pure() -> tuple[str, bool]:
     """(why, say it) for the pure core; ("", False) for the compiled one."""
-    ext = [n for n in CORE + ("_core__mypyc",) if any(
+    ext = [n for n in CORE + (LIB + "__mypyc",) if any(
         os.path.exists(os.path.join(_DIR, n + s)) for s in importlib.machinery.EXTENSION_SUFFIXES)]
     if not ext:
         return "not compiled", False

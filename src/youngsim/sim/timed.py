@@ -172,8 +172,8 @@ class _ReadyQueue:
         self.times.insert(i, time)
         self.tids.insert(i, tid)
 
-    def pop(self, time: int) -> int:
-        """The first thread queued at ``time``, which must be the earliest time."""
+    def pop(self) -> int:
+        """The first thread queued at the earliest time (``times[0]``)."""
         del self.times[0]
         return self.tids.pop(0)
 
@@ -862,7 +862,7 @@ class TimedDriver:
                     if now >= limit:
                         stopped = "until"
                         break
-                    tid = rq.pop(now)
+                    tid = rq.pop()
                 t = threads[tid]
                 op = t.pending
                 k = op.kind

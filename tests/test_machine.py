@@ -7,14 +7,15 @@ reduction: operations whose footprints do not conflict must commute.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from youngsim.sim import (MASK64, Machine, RcuDomain, SpinLock, Words, alloc, cas,
                           fetch_add, fetch_and, fetch_or, free, load, nop, rcu_read_lock,
                           rcu_read_unlock, spawn, spin_lock, store, synchronize_rcu,
-                          vcas, vfetch_and, vfetch_or, vload, vstore, vxchg, wait_until,
-                          xchg)
+                          vcas, vfetch_and, vfetch_or, vload, vstore, vupdate, vxchg,
+                          wait_until, xchg)
 from youngsim.sim import ops as O
 from youngsim.sim.explore import conflict, footprint, run_schedule, systematic
 
@@ -181,6 +182,37 @@ def test_vcas_swaps_each_selected_word_that_matches():
     # word 4 matched; the second vcas finds word 1 changed, so only word 0 swaps
     assert res == [[6, 7, 8, 9], [5, 60]]
     assert mem == [50, 60, 7, 8, 90]
+
+
+def _clear_odd(view):
+    """A ``vupdate`` function: clear bit 0 of each odd word (atomically)."""
+    sel = (view & np.uint64(1)).astype(bool)
+    view[sel] -= np.uint64(1)
+    return view.tolist(), sel, int(sel.sum()), None, 0
+
+
+def test_vupdate_applies_its_function_to_the_live_words_and_returns_its_result():
+    mem, res = run_ops([1, 2, 3, 4, 5], lambda w: [store(w, 2, 7),
+                                                   vupdate(w, 1, 4, _clear_odd)])
+    assert res == [None, [2, 6, 4]]  # the store before it is seen
+    assert mem == [1, 2, 6, 4, 5]
+
+
+@pytest.mark.parametrize("report,why", [
+    (lambda v: (None, None, 1, None, 0), "None with a count"),
+    (lambda v: (None, [True] * len(v), len(v), None, 0), "boolean array"),
+    (lambda v: (None, np.ones(len(v) + 1, bool), len(v), None, 0), "boolean array"),
+    (lambda v: (None, None, 0, np.ones(len(v), bool), 1), "reported as 1"),
+])
+def test_vupdate_refuses_a_malformed_write_report(report, why):
+    def build(m: Machine) -> None:
+        w = m.new_words("w", 4)
+
+        def t():
+            yield vupdate(w, 0, 3, report)
+        m.spawn(t)
+    m = run_default(build)
+    assert kind(m) == "model-error" and why in m.violation.message
 
 
 def test_vfetch_and_accepts_negative_mask():

@@ -20,7 +20,7 @@ from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, Words, ca
                           cas, fetch_add, free, load, mutex_lock, mutex_unlock, nop,
                           rcu_read_lock, rcu_read_unlock, read_lock, read_unlock,
                           spin_lock, spin_unlock, store, vcas, vfetch_and, vfetch_or, vload,
-                          vstore, vxchg, wait_until, write_lock, write_unlock)
+                          vstore, vupdate, vxchg, wait_until, write_lock, write_unlock)
 from youngsim.sim.costmodel import (CostModel, load_cost_model, parse_cost_text)
 from youngsim.sim.program import Program
 from youngsim.sim.timed import Dist, TimedDriver, run_timed
@@ -387,6 +387,56 @@ def test_vector_ops_cost_per_element_and_count_contended_lines():
     assert r.atomic_contended == 2
 
 
+def test_vupdate_costs_what_the_load_atomic_and_store_it_replaces_cost():
+    """A ``vupdate`` is charged its read per word, then its atomic words as a vector
+    atomic (contended lines included) and its stored words as a vector store, in that
+    order in time: the same timeline, label totals and contention as the three ops."""
+    results = []
+    for fused in (False, True):
+        m = Machine()
+        w = m.new_words("w", 64)
+        w.data[::3] = 1  # words 0, 3, ..., 63 have bit 0 set
+
+        def vcpu():
+            yield store(w, 3, 1)
+            yield store(w, 40, 0)
+
+        def ager():
+            yield nop(cost="d")
+            if fused:
+                yield vupdate(w, 0, 64, _flip_low_bit, cost="walk", atomic_cost="clear",
+                              store_cost="set")
+            else:
+                v = yield vload(w, 0, 64, cost="walk")
+                was = (v & np.uint64(1)).astype(bool)
+                yield vfetch_and(w, 0, 64, ~1, select=was, cost="clear")
+                yield vstore(w, 0, v | np.uint64(1), select=~was, cost="set")
+            yield nop(cost="d")
+        m.spawn(vcpu, name="vcpu")
+        m.spawn(ager, name="ager")
+        cm = load_cost_model().with_labels({
+            "d": {"ns": 50, "rationale": "test"},
+            "walk": {"ns": 5, "per_element_ns": 2, "rationale": "test"},
+            "clear": {"ns": 7, "per_element_ns": 7, "vector_base_ns": 10, "rationale": "t"},
+            "set": {"ns": 1, "per_element_ns": 1, "rationale": "test"}})
+        r = run_timed(m, cm)
+        assert w.data.tolist() == [(0 if k % 3 == 0 else 1) for k in range(64)]
+        results.append(r)
+    split, fused_r = results
+    # 22 atomics, two of them on lines the vCPU wrote 50 ns before (words 3 and 40:
+    # atomics on words 3 and 42), and 42 stores
+    surcharge = int(load_cost_model().atomic_surcharge_ns + 0.5)
+    assert fused_r.label_ns["clear"] == 10 + 22 * 7 + 2 * surcharge
+    assert fused_r.label_ns["set"] == 42 and fused_r.atomic_contended == 2
+    a, b = split.to_dict(), fused_r.to_dict()
+    assert b["steps"] == a["steps"] - 2
+    for d in (a, b):
+        d.pop("steps")
+        for t in d["threads"]:
+            t.pop("steps")
+    assert a == b
+
+
 def test_tlb_flush_cost_grows_with_the_cpus_to_interrupt():
     cm = load_cost_model()
     costs = [cm.tlb_flush_ns(n) for n in (1, 2, 4, 16, 64)]
@@ -646,8 +696,16 @@ def test_kernel_scenarios_run_timed():
 # -- large objects keep their cache-line stamps in arrays, with the dict's rule ----------
 
 _LINE_OP = st.tuples(st.sampled_from(["store", "fetch_add", "cas", "vfetch_and", "vstore",
-                                      "vxchg", "vfetch_or", "nop"]),
+                                      "vxchg", "vfetch_or", "vupdate", "nop"]),
                      st.integers(0, 63), st.integers(1, 24), st.booleans())
+
+
+def _flip_low_bit(view: np.ndarray) -> tuple:
+    """A ``vupdate`` function: flip bit 0 of each word, atomically where it was set,
+    with a plain store where it was clear."""
+    was = (view & np.uint64(1)).astype(bool)
+    view ^= np.uint64(1)
+    return None, was, int(was.sum()), ~was, int((~was).sum())
 
 
 def _line_program(progs: list[list[tuple[str, int, int, bool]]]) -> Machine:
@@ -672,6 +730,8 @@ def _line_program(progs: list[list[tuple[str, int, int, bool]]]) -> Machine:
                 yield vxchg(w, i, hi, n, select=mask, cost="vatomic")
             elif kind == "vstore":
                 yield vstore(w, i, np.full(hi - i, n, dtype=np.uint64), select=mask)
+            elif kind == "vupdate":
+                yield vupdate(w, i, hi, _flip_low_bit, cost="gap", atomic_cost="vatomic")
             else:
                 yield nop(cost="gap")
     for k, prog in enumerate(progs):

@@ -136,6 +136,38 @@ def test_age_scan_is_accessed_then_the_per_spte_decision(
         assert [n_ad, n_noad, n_atomic] == s_counts
 
 
+@settings(max_examples=150, deadline=None)
+@given(spte_runs, st.integers(0, V.BLOCK - 1), st.booleans())
+@example([(_YOUNG_W, 100), (_YOUNG_W | _D, 100)], 0, False)
+@example([(_YOUNG_AD, 3 * V.BLOCK)], 0, False)  # every block decided once, the same
+@example([(_YOUNG_AD, V.BLOCK), (_YOUNG_AD ^ _A, V.BLOCK)], 0, False)  # decided, differ
+def test_age_clear_is_age_scan_then_the_clear_it_decides(
+        runs: list[tuple[int, int]], shift: int, fill: bool) -> None:
+    """``age_clear`` = ``age_scan`` of the chunk, then A cleared in place in every
+    accessed A/D entry (nothing else changed), with one more in ``counts`` for each
+    when it counts; its masks are ``age_scan``'s wherever it says they are filled:
+    always with ``fill``, else whenever a count is neither 0 nor the chunk's length."""
+    values = [0] * shift + [v for v, k in runs for _ in range(k)]
+    if not values:
+        return
+    for mode in (V.LOCKLESS, V.LOCKED, V.NONE):
+        for count in (False, True):
+            want = V.age_scan(arr(values), mode)
+            acc_w, ad_w, atomic_w = (m.tolist() for m in want[:3])
+            spte = arr(values)
+            counts = np.full(len(values) + 9, 7, dtype=np.uint8)
+            acc, ad, atomic, *ns = V.age_clear(spte, mode, counts, 4, count, fill)
+            assert ns == list(want[3:]), mode
+            assert spte.tolist() == [v & ~_A if d else v for v, d in zip(values, ad_w)]
+            bump = [7 + (d and count) for d in ad_w]
+            assert counts.tolist() == [7] * 4 + bump + [7] * 5
+            n = len(values)
+            for got, exp, c in ((acc, acc_w, ns[0]), (ad, ad_w, ns[1]),
+                                (atomic, atomic_w, ns[3])):
+                if fill or 0 < c < n:
+                    assert got.tolist() == exp, (mode, fill)
+
+
 @settings(max_examples=100, deadline=None)
 @given(sptes, st.data())
 def test_cleared_reports_and_counts_each_clear(values: list[int], data: st.DataObject

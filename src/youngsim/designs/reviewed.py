@@ -131,6 +131,7 @@ def kvm_age_gfn_range(kvm: "Kvm", range: "KvmGfnRange") -> Gen:
 
     if young is None and predicate is None:  # no bitmap: every young page is cleared
         should_clear.chunk = lambda first, mask: mask  # type: ignore[attr-defined]
+        should_clear.clears_young = True  # type: ignore[attr-defined]
     return (yield from kvm.arch.age_gfn_range(kvm, range, test_only=False,
                                               should_clear=should_clear))
 

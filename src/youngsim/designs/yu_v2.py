@@ -167,6 +167,13 @@ class ShouldClearYoung:
     def __call__(self, gfn: int) -> bool:
         return kvm_should_clear_young(self.sys, self.range, gfn)
 
+    @property
+    def clears_young(self) -> bool:
+        """Is every young page cleared (no bitmap, a clear)? Then the walker may clear
+        a chunk before it asks (``chunk`` still records)."""
+        args: TestClearYoungArgs = self.range.arg
+        return args.bitmap is None and args.clear
+
     def chunk(self, first: int, young: Any) -> Any:
         args: TestClearYoungArgs = self.range.arg
         if args.bitmap is not None:

@@ -14,8 +14,8 @@ from .memory import MASK64, Words
 from .ops import (Op, alloc, call_rcu, cas, fetch_add, fetch_and, fetch_or, free,
                   might_sleep, mutex_lock, mutex_unlock, nop, rcu_read_lock, rcu_read_unlock,
                   read_lock, read_unlock, spawn, spin_lock, spin_unlock, store, load,
-                  synchronize_rcu, vcas, vfetch_and, vfetch_or, vload, vstore, vxchg, wait_until,
-                  write_lock, write_unlock, xchg)
+                  synchronize_rcu, vcas, vfetch_and, vfetch_or, vload, vstore, vupdate, vxchg,
+                  wait_until, write_lock, write_unlock, xchg)
 from .program import Program
 from .sync import Mutex, RcuDomain, RWLock, SpinLock
 
@@ -25,5 +25,5 @@ __all__ = [
     "fetch_and", "fetch_or", "free", "load", "might_sleep", "mutex_lock", "mutex_unlock",
     "nop", "rcu_read_lock", "rcu_read_unlock", "read_lock", "read_unlock", "spawn",
     "spin_lock", "spin_unlock", "store", "synchronize_rcu", "vcas", "vfetch_and", "vfetch_or",
-    "vload", "vstore", "vxchg", "wait_until", "write_lock", "write_unlock", "xchg",
+    "vload", "vstore", "vupdate", "vxchg", "wait_until", "write_lock", "write_unlock", "xchg",
 ]

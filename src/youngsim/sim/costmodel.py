@@ -52,7 +52,7 @@ from .ops import KIND_NAMES  # a from-import: mypyc's type check then orders ops
 #: operation kinds by the names the cost file uses (``ops.KIND_NAMES``)
 KIND_BY_NAME = {name: k for k, name in KIND_NAMES.items()}
 VECTOR_KINDS = frozenset({O.VLOAD, O.VSTORE, O.VXCHG, O.VFETCH_AND, O.VFETCH_OR,
-                          O.VCAS})
+                          O.VCAS, O.VUPDATE})
 #: read-modify-write atomics: the ones the contended-line surcharge applies to
 ATOMIC_KINDS = frozenset({O.CAS, O.XCHG, O.FETCH_AND, O.FETCH_OR, O.FETCH_ADD,
                           O.VXCHG, O.VFETCH_AND, O.VFETCH_OR, O.VCAS})
@@ -198,8 +198,9 @@ class CostModel:
 
 
 def vector_elements(op: O.Op) -> int:
-    """N for a vector operation: the words it updates (the selected ones, if any)."""
-    sel = op.b if op.kind != O.VLOAD else None
+    """N for a vector operation: the words it updates (the selected ones, if any); for
+    a ``vupdate``, the words it reads (its writes are charged by their own labels)."""
+    sel = op.b if op.kind != O.VLOAD and op.kind != O.VUPDATE else None
     if sel is not None:
         return int(np.count_nonzero(sel))
     return op.hi - op.lo

@@ -179,6 +179,9 @@ class Machine:
         #: RCU flavour consolidation (Linux >= 4.20): a region with a spinning lock held
         #: (preemption disabled) is an RCU read-side critical section of this domain.
         self.rcu_sched: RcuDomain | None = None
+        #: what the last ``vupdate`` wrote: (atomic selection, count, stored selection,
+        #: count), for the timed driver's costs (``ops.vupdate``)
+        self.vwrites: tuple[Any, int, Any, int] = (None, 0, None, 0)
 
     # -- shared objects --------------------------------------------------------------
     ADDR_BASE = 0x1000
@@ -605,6 +608,10 @@ class Machine:
         k = op.kind
         if k == O.VLOAD:
             return view.copy()
+        if k == O.VUPDATE:
+            res, asel, na, ssel, ns = op.a(view)
+            self.vwrites = (_selection(asel, na, view), na, _selection(ssel, ns, view), ns)
+            return res
         sel = op.b
         if k == O.VCAS:
             expected, new = op.a
@@ -662,3 +669,21 @@ class Machine:
     # -- convenience -----------------------------------------------------------------
     def thread_names(self) -> dict[int, str]:
         return {t.tid: t.name for t in self.threads}
+
+
+def _selection(sel: Any, n: int, view: np.ndarray) -> Any:
+    """Check one of the selections a ``vupdate`` function reports writing, so that a
+    malformed one is a model error, not a wrong cost: ``None`` (every word, or with a
+    count of 0 none), else a boolean array over the chunk with ``n`` words set."""
+    if sel is None:
+        if n and n != len(view):
+            raise Violation("model-error", f"vupdate: a selection of None with a count "
+                            f"of {n} (every word is {len(view)})")
+        return None
+    if not (type(sel) is np.ndarray and sel.dtype == np.bool_ and sel.shape == view.shape):
+        raise Violation("model-error", "vupdate: a write selection must be a boolean "
+                        "array over the chunk, or None")
+    if int(np.count_nonzero(sel)) != n:
+        raise Violation("model-error", f"vupdate: a write selection of "
+                        f"{int(np.count_nonzero(sel))} words reported as {n}")
+    return sel

@@ -59,6 +59,7 @@ VFETCH_OR: Final = 27
 VSTORE: Final = 28
 VXCHG: Final = 29
 VCAS: Final = 30
+VUPDATE: Final = 31  # a per-word update a function decides from each word (vupdate)
 
 KIND_NAMES = {
     LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
@@ -69,7 +70,7 @@ KIND_NAMES = {
     SYNC_RCU: "synchronize_rcu", GP_WAIT: "gp_wait", CALL_RCU: "call_rcu",
     MIGHT_SLEEP: "might_sleep", SPAWN: "spawn", NOP: "nop", VLOAD: "vload",
     VFETCH_AND: "vfetch_and", VFETCH_OR: "vfetch_or", VSTORE: "vstore", VXCHG: "vxchg",
-    VCAS: "vcas",
+    VCAS: "vcas", VUPDATE: "vupdate",
 }
 
 #: Kinds that may sleep: illegal inside an RCU read section or with a spinning lock held.
@@ -124,9 +125,10 @@ class Op:
             where = f"{self.obj.name}[{self.lo}]"
             args = [x for x in (self.a, self.b) if x is not None]
             return f"{name}({', '.join([where] + [_hex(x) for x in args])})"
-        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE, VXCHG, VCAS):
+        if self.kind in (VLOAD, VFETCH_AND, VFETCH_OR, VSTORE, VXCHG, VCAS, VUPDATE):
             where = f"{self.obj.name}[{self.lo}:{self.hi}]"
-            extra = f", {_hex(self.a)}" if isinstance(self.a, int) else ""
+            extra = (f", {_hex(self.a)}" if isinstance(self.a, int) else
+                     f", {getattr(self.a, '__name__', '?')}" if self.kind == VUPDATE else "")
             return f"{name}({where}{extra})"
         if self.kind == CALL_RCU:
             return f"call_rcu({self.obj.name}, {getattr(self.a, '__name__', self.a)})"
@@ -261,6 +263,26 @@ def vcas(w: "Words", lo: int, hi: int, old: Any, new: Any, select: Any = None,
     found (word ``k``'s cmpxchg succeeded iff ``found[k] == old[k]``). Per word the
     update is atomic; the chunk as a whole is not (a loop of ``try_cmpxchg64``)."""
     return _op(VCAS, w, lo, hi, True, (old, new), select, cost, False)
+
+
+def vupdate(w: "Words", lo: int, hi: int, fn: Callable[[Any], tuple[Any, ...]],
+            cost: str | None = None, atomic_cost: str | None = None,
+            store_cost: str | None = None) -> Op:
+    """Read each word of ``w[lo:hi]`` and update it as ``fn`` decides from its current
+    value: a loop of "read the word, test it, clear what the test found" with each
+    word's read and update adjacent, as they are in a kernel loop over entries, rather
+    than a whole chunk apart (a ``vload`` of the chunk, then a vector atomic).
+
+    ``fn(view)`` gets the live words (a numpy view), updates them in place and returns
+    ``(result, atomic, n_atomic, stored, n_stored)``: what the thread receives, then the
+    words it updated with an atomic and those it updated with a plain store, each a
+    boolean array over the chunk (``None``: every word, or none if its count is 0) and
+    its count (checked against the array). Per word the update is atomic; the chunk as
+    a whole is not. The timed driver charges ``cost`` per word read, then
+    ``atomic_cost`` per atomic word (with the contended-line surcharge of a vector
+    atomic) and ``store_cost`` per stored word, as it would the ``vload``,
+    ``vfetch_and`` and ``vstore`` it replaces."""
+    return _op(VUPDATE, w, lo, hi, True, fn, (atomic_cost, store_cost), cost, False)
 
 
 def free(w: "Words", cost: str | None = None) -> Op:

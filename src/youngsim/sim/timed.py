@@ -833,6 +833,7 @@ class TimedDriver:
         KC_CAS, KC_VEC, KC_SPAWN, KC_ACQ, KC_REL, KC_GRANT = (
             _KC_CAS, _KC_VEC, _KC_SPAWN, _KC_ACQ, _KC_REL, _KC_GRANT)
         CALL_RCU = O.CALL_RCU
+        VUPDATE = O.VUPDATE
         rcu_sched = m.rcu_sched
         rs_oid: int = -1
         if rcu_sched is not None and rcu_sched.oid is not None:
@@ -934,7 +935,16 @@ class TimedDriver:
                     if c and cid != SLEEP_ID:
                         self._sample(tid, t, c)
                 m.now = now
-                m.step(tid)
+                if kc == KC_VEC and k == VUPDATE:
+                    # its writes' costs are known once it has run
+                    st = self._stack(tid, t) if period else None
+                    m.step(tid)
+                    if m.violation is None:
+                        wc, wn = self._vupdate_writes(op, tid, end, st)
+                        end += wc
+                        contended += wn
+                else:
+                    m.step(tid)
                 steps += 1
                 clk[tid] = end
                 if m.violation is not None:
@@ -1049,7 +1059,20 @@ class TimedDriver:
         n = b1 // self.period - b0 // self.period
         if n:
             assert self.profile is not None  # sampling is on only with a profile
-            self.profile.add((f"[{self._role[tid]}]",) + generator_stack(t.gen), n)
+            self.profile.add(self._stack(tid, t), n)
+
+    def _stack(self, tid: int, t: Any) -> tuple[str, ...]:
+        return (f"[{self._role[tid]}]",) + generator_stack(t.gen)
+
+    def _sample_stack(self, tid: int, stack: tuple[str, ...], c: int) -> None:
+        """``_sample`` with a stack taken earlier (the thread has moved on since)."""
+        b0 = self._busy[tid]
+        b1 = b0 + c
+        self._busy[tid] = b1
+        n = b1 // self.period - b0 // self.period
+        if n:
+            assert self.profile is not None
+            self.profile.add(stack, n)
 
     def _line_table(self, obj: Any) -> "_LineTable | None":
         """Decide once per object where its cache-line stamps live."""
@@ -1082,37 +1105,43 @@ class TimedDriver:
 
     def _vector(self, op: O.Op, k: int, info: _Cost, tid: int, now: int
                 ) -> tuple[int, int]:
-        """Cost of a vector op (per element) and its contended lines."""
-        sel = op.b if k != O.VLOAD else None
+        """Cost of a vector op (per element) and its contended lines. A ``vupdate``'s
+        is its read's (``_vupdate_writes`` charges its writes once it has run)."""
+        sel = op.b if k != O.VLOAD and k != O.VUPDATE else None
         if sel is None:
             n = op.hi - op.lo
         else:
             n = int(np.count_nonzero(sel))
         c = int(info.vbase + n * info.per + 0.5)
-        if k == O.VLOAD or n == 0:
+        if k == O.VLOAD or k == O.VUPDATE or n == 0:
             return c, 0
+        nc = self._touch(op.obj, op.lo, op.hi, sel, n, k in _VATOMIC, tid, now)
+        return c + nc * self._surcharge, nc
+
+    def _touch(self, obj: Any, lo: int, hi: int, sel: Any, n: int, atomic: bool,
+               tid: int, now: int) -> int:
+        """Stamp the cache lines of the words ``sel`` selects of ``obj[lo:hi]`` (``n``
+        of them; ``None``: all) as written by ``tid`` at ``now``; return how many an
+        atomic found written by another CPU within the window."""
         s = self._lshift
-        big = self._big.get(op.obj.oid, _UNSEEN)
+        big = self._big.get(obj.oid, _UNSEEN)
         if big is _UNSEEN:
-            big = self._line_table(op.obj)
+            big = self._line_table(obj)
         if big is not None:
-            if sel is None or n == op.hi - op.lo:  # every word: the lines of the range
-                nc = big.touch(op.lo >> s, ((op.hi - 1) >> s) + 1, tid, now,
-                               self._window, k in _VATOMIC)
-            else:
-                nc = big.touch_selected(sel, op.lo, s, tid, now, self._window,
-                                        k in _VATOMIC)
-            return c + nc * self._surcharge, nc
-        base = op.obj.oid << 32
+            if sel is None or n == hi - lo:  # every word: the lines of the range
+                return big.touch(lo >> s, ((hi - 1) >> s) + 1, tid, now, self._window,
+                                 atomic)
+            return big.touch_selected(sel, lo, s, tid, now, self._window, atomic)
+        base = obj.oid << 32
         ls: Sequence[int]  # declared: mypyc checks the type of each assignment
         if sel is None:
-            ls = range(op.lo >> s, ((op.hi - 1) >> s) + 1)
+            ls = range(lo >> s, ((hi - 1) >> s) + 1)
         else:
-            ls = np.unique((np.flatnonzero(sel) + op.lo) >> s).tolist()
+            ls = np.unique((np.flatnonzero(sel) + lo) >> s).tolist()
         lines = self._lines
         stamp = (now << 32) | tid
         nc = 0
-        if k in _VATOMIC:
+        if atomic:
             window = self._window
             for ln in ls:
                 key = base | ln
@@ -1120,11 +1149,45 @@ class TimedDriver:
                 if prev is not None and (prev & _M32) != tid and now - (prev >> 32) < window:
                     nc += 1
                 lines[key] = stamp
-            c += nc * self._surcharge
         else:
             for ln in ls:
                 lines[base | ln] = stamp
-        return c, nc
+        return nc
+
+    def _vupdate_writes(self, op: O.Op, tid: int, at: int, stack: Any) -> tuple[int, int]:
+        """Charge the writes a ``vupdate`` made (``Machine.vwrites``), from ``at`` (its
+        read done) on, as the vector atomic and then the vector store it replaces would
+        be charged: each by its label (else its kind), per word, with the atomic's
+        contended lines. ``stack``: the thread's stack at the operation, for samples.
+        Returns (ns, contended lines)."""
+        asel, na, ssel, ns = self.m.vwrites
+        labs = op.b
+        total = 0
+        ncont = 0
+        for k, lab, sel, n in ((O.VFETCH_AND, labs[0], asel, na),
+                               (O.VSTORE, labs[1], ssel, ns)):
+            if not n:
+                continue
+            if lab is None:
+                info = self._kinds[k]
+            else:
+                found = self._labels.get(lab)
+                info = found if found is not None else self._unknown(lab, k)
+            c = int(info.vbase + n * info.per + 0.5)
+            nc = self._touch(op.obj, op.lo, op.hi, sel, n, k == O.VFETCH_AND, tid,
+                             at + total)
+            c += nc * self._surcharge
+            cid = info.cid
+            if cid < 0:
+                cid = self._rolecat[tid]
+            self._cat[tid][cid] += c
+            info.count += 1
+            info.total += c
+            if stack is not None and c and cid != self.SLEEP:
+                self._sample_stack(tid, stack, c)
+            total += c
+            ncont += nc
+        return total, ncont
 
     def _spawned(self, parent: int, at: int, rcu_cb: bool) -> None:
         """Threads the step of ``parent`` (completing at ``at``) created."""

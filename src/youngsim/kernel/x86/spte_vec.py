@@ -204,3 +204,86 @@ def cleared(old: np.ndarray, ad: np.ndarray, counts: np.ndarray, first: int,
         if count:
             seg[i] = seg[i] + x
     return out.view(np.bool_), c
+
+
+@njit(cache=True, nogil=True)
+def age_clear(spte: np.ndarray, mode: int, counts: np.ndarray, first: int, count: bool,
+              fill: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int]:
+    """``age_scan`` and the clear it decides, in one pass over the live SPTEs: each
+    accessed A/D entry gets A cleared in place (how the walker clears it, atomically or
+    with a plain write, is ``atomic``: the caller charges each as such); with
+    ``count``, ``counts[first + k]`` gets one for each (the lockless clears of each gfn,
+    as ``cleared`` counts them). A/D-disabled entries are left to the caller (marked
+    for access tracking one by one). Returns what ``age_scan`` returns, except that the
+    three masks are filled only when ``fill`` is set or some block differs from
+    another: when every block was decided once, and the same (the common case: all
+    young, all old), each count is 0 or the chunk's length and the masks are left
+    unwritten (saving three bytes of writes per entry)."""
+    n = len(spte)
+    acc = np.empty(n, np.uint8)
+    ad = np.empty(n, np.uint8)
+    atomic = np.empty(n, np.uint8)
+    nblocks = (n + BLOCK - 1) // BLOCK
+    state = np.empty(nblocks, np.uint8)  # a decided block's (a, d, o, x) bits; 16: mixed
+    n_ad = 0
+    n_noad = 0
+    n_atomic = 0
+    pick = mode == LOCKLESS
+    check = mode == LOCKED
+    clear = ~_A
+    seg = counts[first:first + n]
+    for b in range(nblocks):
+        b0 = b * BLOCK
+        blk = spte[b0:b0 + BLOCK]
+        m = len(blk)
+        f_and = _ONES
+        f_or = _ZERO
+        for i in range(m):
+            f = blk[i] & _DECIDED_BY
+            f_and &= f
+            f_or |= f
+        vary = f_and ^ f_or
+        if (vary & _ACC_BITS) == _ZERO:
+            a, d, o, x = _age_bits(f_and, pick, check)
+            if (vary & _D) == _ZERO or not (d and check):  # one decision for the block
+                state[b] = np.uint8(a) | (np.uint8(d) << 1) | (np.uint8(o) << 2) | (
+                    np.uint8(x) << 3)
+                n_ad += m * d
+                n_noad += m * o
+                n_atomic += m * x
+                if d:
+                    for i in range(m):
+                        blk[i] &= clear
+                    if count:
+                        for i in range(m):
+                            seg[b0 + i] += 1
+                continue
+        state[b] = 16
+        for i in range(m):
+            v = blk[i]
+            a, d, o, x = _age_bits(v, pick, check)
+            acc[b0 + i] = a
+            ad[b0 + i] = d
+            atomic[b0 + i] = x
+            n_ad += d
+            n_noad += o
+            n_atomic += x
+            if d:
+                blk[i] = v & clear
+                if count:
+                    seg[b0 + i] += 1
+    same = True
+    for b in range(1, nblocks):
+        if state[b] != state[0]:
+            same = False
+    if fill or not same or (nblocks and state[0] == 16):
+        for b in range(nblocks):
+            s = state[b]
+            if s != 16:
+                b0 = b * BLOCK
+                b1 = min(b0 + BLOCK, n)
+                acc[b0:b1] = s & 1
+                ad[b0:b1] = (s >> 1) & 1
+                atomic[b0:b1] = (s >> 3) & 1
+    return (acc.view(np.bool_), ad.view(np.bool_), atomic.view(np.bool_), n_ad + n_noad,
+            n_ad, n_noad, n_atomic)

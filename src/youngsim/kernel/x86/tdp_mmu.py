@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generator
 import numpy as np
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
-                    store, vfetch_and, vload, vstore, vxchg, xchg)
+                    store, vfetch_and, vload, vstore, vupdate, vxchg, xchg)
 from ...sim.vec import bits_set
 from ..kvm.arch import should_clear_chunk
 from .ept import EptTables, ept_walk
@@ -54,6 +54,10 @@ class TdpMmu(EptTables):
         self.kvm = kvm
         self.ad = ad_enabled
         self.chunk = chunk
+        #: in run mode (a chunk of several leaf tables), a clearing walk reads, tests and
+        #: clears each chunk with one ``vupdate``; False keeps the ``vload`` and the clear
+        #: apart, as the checker's chunks of one entry have them (the tests compare both)
+        self.fuse = True
         #: ghost: how many times a lockless ager cleared each gfn's A bit, modulo 256 (to
         #: tell when a locked writer's stale write brings it back: "clears_clobbered").
         #: Only ever compared for a change across one writer's read and write of one
@@ -317,7 +321,28 @@ class TdpMmu(EptTables):
             mode = V.LOCKLESS
         else:  # tdp_mmu_clear_spte_bits: atomic only where the SPTE is volatile
             mode = V.LOCKED
+        # a run-mode walk (chunks of several leaf tables) that clears every young page:
+        # each chunk's read, test and clear is one vupdate
+        fuse = (self.fuse and not test_only and self.chunk // self.leaf_entries > 1
+                and (should_clear is None or getattr(should_clear, "clears_young", False)))
         for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
+            if fuse:
+                acc, ad, n, n_ad, idx, noad = yield vupdate(
+                    table, clo, chi, self._age_clear_fn(mode, base + clo, lockless,
+                                                        should_clear is not None),
+                    cost="spte_read", atomic_cost="spte_clear_young",
+                    store_cost="spte_write")
+                if not n:
+                    continue
+                young = young or not sys.bug("age-forgets-young")
+                sys.ghost_seen_young_many(base + clo, acc, n)
+                if should_clear is not None:  # asked, for what it records; it clears all
+                    should_clear_chunk(should_clear, base + clo, acc)
+                if n_ad:
+                    sys.ghost_cleared_many(base + clo, ad, n_ad)
+                if len(idx):
+                    yield from self._age_noad(table, base, clo, idx, noad, lockless)
+                continue
             vals = yield vload(table, clo, chi, cost="spte_read")
             if test_only:
                 acc, n = V.accessed(vals)
@@ -341,6 +366,28 @@ class TdpMmu(EptTables):
             yield from self._age_chunk(table, base, clo, chi, vals, acc, ad, atomic, n_ad,
                                        n_noad, n_atomic, lockless)
         return young, False
+
+    def _age_clear_fn(self, mode: int, first: int, lockless: bool, fill: bool) -> Any:
+        """The ``vupdate`` function of a fused aging chunk whose first gfn is ``first``:
+        ``age_scan`` and the clear of each accessed A/D entry in one pass
+        (``spte_vec.age_clear``), as ``_age_chunk`` would clear them after a ``vload``
+        (the same atomics, plain writes, cleared pages and lockless-clear counts, with
+        no window between an entry's read and its clear). Its result: (acc, ad, how many
+        acc, how many ad, the young A/D-disabled entries' indices and values); ``fill``:
+        the masks filled even where the counts make them unneeded (for a predicate)."""
+        counts = self.ghost_lockless_clears
+
+        def age_clear(spte: np.ndarray) -> tuple[Any, ...]:
+            acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_clear(spte, mode, counts,
+                                                                     first, lockless, fill)
+            full = len(spte)
+            n_store = n_ad - n_atomic
+            idx = (_NO_IDX if not n_noad else np.arange(full) if n_noad == full
+                   else np.flatnonzero(acc & ~ad))
+            return ((acc, ad, n, n_ad, idx, spte[idx]),
+                    None if n_atomic in (0, full) else atomic, n_atomic,
+                    None if n_store in (0, full) else ad & ~atomic, n_store)
+        return age_clear
 
     def _age_chunk(self, table: Any, base: int, lo: int, hi: int, vals: np.ndarray,
                    acc: np.ndarray, ad: np.ndarray, atomic: np.ndarray, n_ad: int,
@@ -369,24 +416,29 @@ class TdpMmu(EptTables):
             cleared, n_cleared = V.cleared(old, ad, self.ghost_lockless_clears, base + lo,
                                            lockless)
             sys.ghost_cleared_many(base + lo, cleared, n_cleared)
-        if not n_noad:
-            return
-        noad = acc & ~ad
+        if n_noad:
+            idx = np.flatnonzero(acc & ~ad)
+            yield from self._age_noad(table, base, lo, idx, vals[idx], lockless)
+
+    def _age_noad(self, table: Any, base: int, lo: int, idx: np.ndarray,
+                  vals: np.ndarray, lockless: bool) -> Gen:
+        """Mark for access tracking the young A/D-disabled entries ``lo + idx`` (read
+        as ``vals``), one by one."""
+        sys = self.sys
         if lockless and not sys.design.lockless_access_tracking:
             sys.contract(False, f"{sys.design.name}: the lockless path met an A/D-disabled"
                          " SPTE; it must have reported failure so the caller falls back")
-        for k in np.flatnonzero(noad):
-            v = int(vals[k])
+        for k, v in zip(idx.tolist(), vals.tolist()):
             new = S.mark_spte_for_access_track(v)
             if lockless:
                 # cmpxchg; on failure leave it: "the access was most likely recent"
-                r = yield cas(table, lo + int(k), v, new, cost="spte_cmpxchg")
+                r = yield cas(table, lo + k, v, new, cost="spte_cmpxchg")
                 if r == v:
-                    sys.ghost_cleared(base + lo + int(k))
+                    sys.ghost_cleared(base + lo + k)
             else:
                 sys.m.lockdep_assert_held(self.kvm.mmu_lock, write=True)
-                yield xchg(table, lo + int(k), new, cost="spte_write")
-                sys.ghost_cleared(base + lo + int(k))
+                yield xchg(table, lo + k, new, cost="spte_write")
+                sys.ghost_cleared(base + lo + k)
 
 
 def tdp_mmu_free_sp_rcu_callback(table: Any) -> Gen:
@@ -397,6 +449,7 @@ def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
 
 
+_NO_IDX = np.zeros(0, dtype=np.intp)
 _PRESENT = np.uint64(S.SPTE_MMU_PRESENT_MASK)
 _AD_ENABLED = np.uint64(S.SPTE_AD_ENABLED)
 

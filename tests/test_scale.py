@@ -126,12 +126,10 @@ def test_run_mode_ages_exactly_as_the_per_table_walk(design, ntables, tail, seed
         mm = sys.mm
         ret = finish(m, sys.design.mmu_notifier_clear_young, sys, mm, mm.start, mm.end)
         arch = sys.kvms[0].arch
-        results.append((bool(ret), arch.tables.leaf_entries_now(),
-                        arch.tables.ghost_lockless_clears.copy(), dict(m.counters)))
-    (r0, e0, c0, n0), (r1, e1, c1, n1) = results
+        results.append((bool(ret), arch.tables.leaf_entries_now(), dict(m.counters)))
+    (r0, e0, n0), (r1, e1, n1) = results
     assert r0 == r1
     assert np.array_equal(e0, e1)
-    assert np.array_equal(c0, c1)
     assert n0 == n1
     # and the pass did its job: nothing still young
     assert not (e1 & np.uint64(S.shadow_accessed_mask)).any()
@@ -294,7 +292,7 @@ def test_stage2_locked_clear_retries_from_the_value_its_cmpxchg_found():
 def test_fused_run_mode_aging_is_the_split_one_with_no_window(design, mmu, ntables, tail,
                                                               seed, data):
     """With nothing running beside it, a run-mode pass whose chunks are one ``vupdate``
-    each (read, test and clear) leaves the same SPTEs, ghost state and counters as the
+    each (read, test and clear) leaves the same SPTEs and counters as the
     ``vload``-then-clear split, and the timed driver charges it the same: virtual time,
     per-label counts and ns, CPU categories, contended lines."""
     if DESIGNS[design].applies(mmu):
@@ -324,10 +322,9 @@ def test_fused_run_mode_aging_is_the_split_one_with_no_window(design, mmu, ntabl
         d.pop("steps")
         for t in d["threads"]:
             t.pop("steps", None)
-        out.append((ret, arch.tables.leaf_entries_now(),
-                    arch.tables.ghost_lockless_clears.copy(), d, r.steps))
-    (r0, e0, g0, d0, s0), (r1, e1, g1, d1, s1) = out
+        out.append((ret, arch.tables.leaf_entries_now(), d, r.steps))
+    (r0, e0, d0, s0), (r1, e1, d1, s1) = out
     assert r0 == r1
-    assert np.array_equal(e0, e1) and np.array_equal(g0, g1)
+    assert np.array_equal(e0, e1)
     assert d0 == d1
     assert s1 <= s0  # one operation per chunk instead of two (when it clears any)

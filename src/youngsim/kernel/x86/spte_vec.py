@@ -188,60 +188,72 @@ def age_scan(vals: np.ndarray, mode: int
 
 
 @njit(cache=True, nogil=True)
-def cleared(old: np.ndarray, ad: np.ndarray, counts: np.ndarray, first: int,
-            count: bool) -> tuple[np.ndarray, int]:
+def cleared(old: np.ndarray, ad: np.ndarray) -> tuple[np.ndarray, int]:
     """Which entries of ``ad`` a clear of A found accessed (``old``: the values the clear
-    replaced), and how many; with ``count``, add one to ``counts[first + k]`` for each
-    (the lockless clears of each gfn, which a later locked writer may clobber)."""
+    replaced), and how many."""
     n = len(old)
     out = np.empty(n, np.uint8)
-    seg = counts[first:first + n]
     c = 0
     for i in range(n):
         x = np.uint8(ad[i]) & np.uint8((old[i] & _A) >> _A_SHIFT)
         out[i] = x
         c += int(x)
-        if count:
-            seg[i] = seg[i] + x
     return out.view(np.bool_), c
 
 
 @njit(cache=True, nogil=True)
-def age_clear(spte: np.ndarray, mode: int, counts: np.ndarray, first: int, count: bool,
-              fill: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int]:
+def age_clear(spte: np.ndarray, mode: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int]:
     """``age_scan`` and the clear it decides, in one pass over the live SPTEs: each
     accessed A/D entry gets A cleared in place (how the walker clears it, atomically or
-    with a plain write, is ``atomic``: the caller charges each as such); with
-    ``count``, ``counts[first + k]`` gets one for each (the lockless clears of each gfn,
-    as ``cleared`` counts them). A/D-disabled entries are left to the caller (marked
-    for access tracking one by one). Returns what ``age_scan`` returns, except that the
-    three masks are filled only when ``fill`` is set or some block differs from
-    another: when every block was decided once, and the same (the common case: all
-    young, all old), each count is 0 or the chunk's length and the masks are left
-    unwritten (saving three bytes of writes per entry)."""
+    with a plain write, is ``atomic``: the caller charges each as such). A/D-disabled
+    entries are left to the caller (marked for access tracking one by one).
+
+    Returns what ``age_scan`` returns, except that the three masks are filled only when
+    some block differs from another: when every block was decided once, and the same
+    (the common case: all young, all old), each count is 0 or the chunk's length and
+    the masks are left unwritten (three bytes of writes per entry). So a mask is valid
+    exactly when its count is neither 0 nor the chunk's length.
+
+    Blocks as ``age_scan``'s. Which entries get A cleared depends on each entry alone,
+    so after a block decided once as accessed A/D entries the next block is cleared
+    while it is read (one pass over it, not a read then a write), noting which entries
+    it cleared; should it turn out mixed, its entries' values before the clear are
+    those values with A back where it was cleared."""
     n = len(spte)
     acc = np.empty(n, np.uint8)
     ad = np.empty(n, np.uint8)
     atomic = np.empty(n, np.uint8)
     nblocks = (n + BLOCK - 1) // BLOCK
     state = np.empty(nblocks, np.uint8)  # a decided block's (a, d, o, x) bits; 16: mixed
+    was = np.empty(BLOCK, np.uint64)  # 1 where the block's read-and-clear cleared A
     n_ad = 0
     n_noad = 0
     n_atomic = 0
     pick = mode == LOCKLESS
     check = mode == LOCKED
     clear = ~_A
-    seg = counts[first:first + n]
+    ahead = False  # clear while reading: the previous block was decided accessed A/D
     for b in range(nblocks):
         b0 = b * BLOCK
         blk = spte[b0:b0 + BLOCK]
         m = len(blk)
         f_and = _ONES
         f_or = _ZERO
-        for i in range(m):
-            f = blk[i] & _DECIDED_BY
-            f_and &= f
-            f_or |= f
+        if ahead:
+            for i in range(m):
+                v = blk[i]
+                c = np.uint64((v & _P_AD_A) == _P_AD_A)
+                blk[i] = v & ~(c << _A_SHIFT)
+                was[i] = c
+                f = v & _DECIDED_BY
+                f_and &= f
+                f_or |= f
+        else:
+            for i in range(m):
+                f = blk[i] & _DECIDED_BY
+                f_and &= f
+                f_or |= f
         vary = f_and ^ f_or
         if (vary & _ACC_BITS) == _ZERO:
             a, d, o, x = _age_bits(f_and, pick, check)
@@ -251,16 +263,16 @@ def age_clear(spte: np.ndarray, mode: int, counts: np.ndarray, first: int, count
                 n_ad += m * d
                 n_noad += m * o
                 n_atomic += m * x
-                if d:
+                if d and not ahead:
                     for i in range(m):
                         blk[i] &= clear
-                    if count:
-                        for i in range(m):
-                            seg[b0 + i] += 1
+                ahead = d
                 continue
         state[b] = 16
         for i in range(m):
             v = blk[i]
+            if ahead:
+                v |= was[i] << _A_SHIFT
             a, d, o, x = _age_bits(v, pick, check)
             acc[b0 + i] = a
             ad[b0 + i] = d
@@ -270,13 +282,12 @@ def age_clear(spte: np.ndarray, mode: int, counts: np.ndarray, first: int, count
             n_atomic += x
             if d:
                 blk[i] = v & clear
-                if count:
-                    seg[b0 + i] += 1
+        ahead = False
     same = True
     for b in range(1, nblocks):
         if state[b] != state[0]:
             same = False
-    if fill or not same or (nblocks and state[0] == 16):
+    if not same or (nblocks and state[0] == 16):
         for b in range(nblocks):
             s = state[b]
             if s != 16:

@@ -58,13 +58,12 @@ class TdpMmu(EptTables):
         #: clears each chunk with one ``vupdate``; False keeps the ``vload`` and the clear
         #: apart, as the checker's chunks of one entry have them (the tests compare both)
         self.fuse = True
-        #: ghost: how many times a lockless ager cleared each gfn's A bit, modulo 256 (to
-        #: tell when a locked writer's stale write brings it back: "clears_clobbered").
-        #: Only ever compared for a change across one writer's read and write of one
-        #: SPTE, where 256 clears cannot fit, so a byte is enough. Written here, not left
-        #: to the OS to back lazily: the first aging pass should not pay the page faults.
-        self.ghost_lockless_clears = np.zeros(npages, dtype=np.uint8)
-        self.ghost_lockless_clears.fill(0)
+        #: ghost: the gfns a locked writer has read and not yet written back
+        #: (``write_protect_gfn``), each with the lockless clears of its A bit since the
+        #: read: such a clear is lost to the writer's stale value ("clears_clobbered").
+        #: A lockless clear looks up only these windows, so aging a chunk costs nothing
+        #: per page here (a counter per gfn cost a pass over a byte per page).
+        self.ghost_windows: dict[int, int] = {}
 
     def prepopulate(self, gfn: int, pfn: int, write: bool, young: bool) -> None:
         """Scenario set-up (not a model operation): map ``gfn`` as a past fault did."""
@@ -215,7 +214,7 @@ class TdpMmu(EptTables):
         if S.is_shadow_present_pte(e):
             table = self.child(e)
             old = yield load(table, li, cost="spte_read")
-            clears = int(self.ghost_lockless_clears[gfn])
+            self.ghost_windows[gfn] = 0
             new = old & ~S.VMX_EPT_WRITABLE
             if S.is_shadow_present_pte(old) and new != old:
                 if S.spte_needs_atomic_update(old, sys.design.accessed_volatile):
@@ -225,10 +224,10 @@ class TdpMmu(EptTables):
                         self.ghost_dirty[gfn] = False
                 else:
                     yield store(table, li, new, cost="spte_write")
-                if int(self.ghost_lockless_clears[gfn]) != clears \
-                        and new & S.shadow_accessed_mask:
+                if self.ghost_windows[gfn] and new & S.shadow_accessed_mask:
                     sys.count("clears_clobbered")
                 changed = True
+            del self.ghost_windows[gfn]
         yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
         return changed
 
@@ -328,8 +327,7 @@ class TdpMmu(EptTables):
         for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
             if fuse:
                 acc, ad, n, n_ad, idx, noad = yield vupdate(
-                    table, clo, chi, self._age_clear_fn(mode, base + clo, lockless,
-                                                        should_clear is not None),
+                    table, clo, chi, self._age_clear_fn(mode, base + clo, lockless),
                     cost="spte_read", atomic_cost="spte_clear_young",
                     store_cost="spte_write")
                 if not n:
@@ -337,7 +335,8 @@ class TdpMmu(EptTables):
                 young = young or not sys.bug("age-forgets-young")
                 sys.ghost_seen_young_many(base + clo, acc, n)
                 if should_clear is not None:  # asked, for what it records; it clears all
-                    should_clear_chunk(should_clear, base + clo, acc)
+                    should_clear_chunk(should_clear, base + clo,
+                                       _all_set(n) if n == chi - clo else acc)
                 if n_ad:
                     sys.ghost_cleared_many(base + clo, ad, n_ad)
                 if len(idx):
@@ -367,20 +366,27 @@ class TdpMmu(EptTables):
                                        n_noad, n_atomic, lockless)
         return young, False
 
-    def _age_clear_fn(self, mode: int, first: int, lockless: bool, fill: bool) -> Any:
+    def _lockless_cleared(self, first: int, mask: np.ndarray, n: int) -> None:
+        """A lockless clear of A in gfn ``first + k`` wherever ``mask[k]`` (``n`` of
+        them): counted for each gfn a locked writer has read and not yet written."""
+        for gfn in self.ghost_windows:
+            k = gfn - first
+            if 0 <= k < len(mask) and (n == len(mask) or mask[k]):
+                self.ghost_windows[gfn] += 1
+
+    def _age_clear_fn(self, mode: int, first: int, lockless: bool) -> Any:
         """The ``vupdate`` function of a fused aging chunk whose first gfn is ``first``:
         ``age_scan`` and the clear of each accessed A/D entry in one pass
         (``spte_vec.age_clear``), as ``_age_chunk`` would clear them after a ``vload``
         (the same atomics, plain writes, cleared pages and lockless-clear counts, with
         no window between an entry's read and its clear). Its result: (acc, ad, how many
-        acc, how many ad, the young A/D-disabled entries' indices and values); ``fill``:
-        the masks filled even where the counts make them unneeded (for a predicate)."""
-        counts = self.ghost_lockless_clears
-
+        acc, how many ad, the young A/D-disabled entries' indices and values; each mask
+        valid only if its count is neither 0 nor the chunk's length)."""
         def age_clear(spte: np.ndarray) -> tuple[Any, ...]:
-            acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_clear(spte, mode, counts,
-                                                                     first, lockless, fill)
+            acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_clear(spte, mode)
             full = len(spte)
+            if lockless and n_ad and self.ghost_windows:
+                self._lockless_cleared(first, ad, n_ad)
             n_store = n_ad - n_atomic
             idx = (_NO_IDX if not n_noad else np.arange(full) if n_noad == full
                    else np.flatnonzero(acc & ~ad))
@@ -413,8 +419,9 @@ class TdpMmu(EptTables):
                                  vals & np.uint64(~S.shadow_accessed_mask & S.MASK),
                                  select=None if n_ad == len(vals) and not n_atomic
                                  else ad & ~atomic, cost="spte_write")
-            cleared, n_cleared = V.cleared(old, ad, self.ghost_lockless_clears, base + lo,
-                                           lockless)
+            cleared, n_cleared = V.cleared(old, ad)
+            if lockless and n_cleared and self.ghost_windows:
+                self._lockless_cleared(base + lo, cleared, n_cleared)
             sys.ghost_cleared_many(base + lo, cleared, n_cleared)
         if n_noad:
             idx = np.flatnonzero(acc & ~ad)
@@ -443,6 +450,19 @@ class TdpMmu(EptTables):
 
 def tdp_mmu_free_sp_rcu_callback(table: Any) -> Gen:
     yield free(table, cost="sp_free")
+
+
+_ALL_SET: dict[int, np.ndarray] = {}
+
+
+def _all_set(n: int) -> np.ndarray:
+    """A read-only mask of ``n`` entries all set, made once per length (a chunk whose
+    entries are all young, for a predicate to read, without writing a mask per chunk)."""
+    mask = _ALL_SET.get(n)
+    if mask is None:
+        mask = _ALL_SET[n] = np.ones(n, dtype=bool)
+        mask.flags.writeable = False
+    return mask
 
 
 def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:

@@ -185,11 +185,13 @@ def test_stage2_chunked_aging_matches_the_per_entry_walk(design, mmu, ntables, t
     assert np.array_equal(e0, e1)
 
 
-def ops_of_one_pass(design: str, mmu: str, npages: int, chunk: int) -> Counter[Any]:
+def ops_of_one_pass(design: str, mmu: str, npages: int, chunk: int,
+                    fuse: bool = True) -> Counter[Any]:
     """The (operation kind, cost label) pairs one ``mmu_notifier_clear_young`` over a
     prefaulted, all-young guest issues, counted."""
     m = Machine()
     sys = build_system(m, design, mmu, npages=npages, nvcpus=1, chunk=chunk)
+    sys.kvms[0].arch.tables.fuse = fuse
     m.invariants.clear()
     prepopulate_all(sys, write=False, young=True)
     m.tracing = True  # every step recorded, to count them
@@ -206,10 +208,15 @@ def test_stage2_clears_a_chunk_with_one_vector_cmpxchg(design, label):
     assert clears == {"vcas": 4}  # one per leaf table, not one per descriptor
 
 
-def test_stage2_run_mode_clears_a_run_of_tables_with_one_vcas():
+def test_stage2_run_mode_reads_and_clears_a_run_of_tables_with_one_vupdate():
     counts = ops_of_one_pass("yu-v2", "arm64", 8 * PER, 4 * PER)
     kinds = Counter(kind for kind, _ in counts.elements())
-    # 8 tables in runs of 4: two descriptor loads, two arena loads, two vcas
+    # 8 tables in runs of 4: two descriptor loads, then each run one vupdate
+    assert kinds["vload"] == 2 and kinds["vupdate"] == 2
+    assert "vcas" not in kinds and "cas" not in kinds
+    # unfused: two arena loads and two vcas more
+    counts = ops_of_one_pass("yu-v2", "arm64", 8 * PER, 4 * PER, fuse=False)
+    kinds = Counter(kind for kind, _ in counts.elements())
     assert kinds["vload"] == 4 and kinds["vcas"] == 2 and "cas" not in kinds
 
 
@@ -285,8 +292,8 @@ def test_stage2_locked_clear_retries_from_the_value_its_cmpxchg_found():
 
 
 @settings(max_examples=25, deadline=None)
-@given(design=st.sampled_from(sorted(DESIGNS)), mmu=st.sampled_from(["x86-tdp",
-                                                                      "x86-tdp-noad"]),
+@given(design=st.sampled_from(sorted(DESIGNS)),
+       mmu=st.sampled_from(["x86-tdp", "x86-tdp-noad", "arm64", "arm64-swaf"]),
        ntables=st.integers(1, 6), tail=st.integers(0, PER - 1), seed=st.integers(0, 2**16),
        data=st.data())
 def test_fused_run_mode_aging_is_the_split_one_with_no_window(design, mmu, ntables, tail,
@@ -305,9 +312,10 @@ def test_fused_run_mode_aging_is_the_split_one_with_no_window(design, mmu, ntabl
         sys = build_system(m, design, mmu, npages=npages, nvcpus=1, chunk=4 * PER)
         m.invariants.clear()
         setup_state(sys, seed, zap, refault,
-                    young_bit=S.shadow_accessed_mask if mmu == "x86-tdp" else 0)
+                    young_bit={"x86-tdp": S.shadow_accessed_mask, "arm64": AF,
+                               "arm64-swaf": AF}.get(mmu, 0))
         arch = sys.kvms[0].arch
-        arch.tdp.fuse = fuse
+        arch.tables.fuse = fuse
         mm = sys.mm
         ret: list[Any] = []
 

@@ -267,7 +267,7 @@ def vcas(w: "Words", lo: int, hi: int, old: Any, new: Any, select: Any = None,
 
 def vupdate(w: "Words", lo: int, hi: int, fn: Callable[[Any], tuple[Any, ...]],
             cost: str | None = None, atomic_cost: str | None = None,
-            store_cost: str | None = None) -> Op:
+            store_cost: str | None = None, cmpxchg: bool = False) -> Op:
     """Read each word of ``w[lo:hi]`` and update it as ``fn`` decides from its current
     value: a loop of "read the word, test it, clear what the test found" with each
     word's read and update adjacent, as they are in a kernel loop over entries, rather
@@ -281,8 +281,11 @@ def vupdate(w: "Words", lo: int, hi: int, fn: Callable[[Any], tuple[Any, ...]],
     a whole is not. The timed driver charges ``cost`` per word read, then
     ``atomic_cost`` per atomic word (with the contended-line surcharge of a vector
     atomic) and ``store_cost`` per stored word, as it would the ``vload``,
-    ``vfetch_and`` and ``vstore`` it replaces."""
-    return _op(VUPDATE, w, lo, hi, True, fn, (atomic_cost, store_cost), cost, False)
+    ``vfetch_and`` and ``vstore`` it replaces. ``cmpxchg``: the atomics are cmpxchgs
+    of the value just read (a ``vcas`` they replace), counted as attempts that
+    succeeded."""
+    return _op(VUPDATE, w, lo, hi, True, fn, (atomic_cost, store_cost, cmpxchg), cost,
+               False)
 
 
 def free(w: "Words", cost: str | None = None) -> Op:

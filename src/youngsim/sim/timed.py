@@ -1176,6 +1176,9 @@ class TimedDriver:
             c = int(info.vbase + n * info.per + 0.5)
             nc = self._touch(op.obj, op.lo, op.hi, sel, n, k == O.VFETCH_AND, tid,
                              at + total)
+            if k == O.VFETCH_AND and labs[2]:  # cmpxchgs of the value just read
+                key = lab if lab is not None else "<cas>"
+                self._cas_att[key] = self._cas_att.get(key, 0) + n
             c += nc * self._surcharge
             cid = info.cid
             if cid < 0:

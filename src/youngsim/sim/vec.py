@@ -44,6 +44,75 @@ def bits_set(words: np.ndarray, mask: np.uint64) -> tuple[np.ndarray, int]:
     return out.view(np.bool_), c
 
 
+#: entries per block of ``clear_where_set`` (a 4 KiB page-table page's worth)
+BLOCK = 512
+
+
+@njit(cache=True, nogil=True)
+def clear_where_set(words: np.ndarray, mask: np.uint64, bits: np.uint64
+                    ) -> tuple[np.ndarray, int]:
+    """Clear ``bits`` in every word that has all the bits of ``mask`` set (a young
+    descriptor's access flag, say), in place, in one pass; return which words matched
+    and how many. The mask is filled only if some block of ``BLOCK`` words differs
+    from another (so it is valid exactly when the count is neither 0 nor the length).
+
+    By blocks: each is counted as it is read; one whose words all match is cleared
+    then (it is in L1), one where none does is left alone. After a block that all
+    matched, the next is cleared while it is read (whether a word is cleared depends
+    on the word alone), noting which were, so a block that turns out mixed is decided
+    from the values before."""
+    n = len(words)
+    sel = np.empty(n, np.uint8)
+    nblocks = (n + BLOCK - 1) // BLOCK
+    state = np.empty(nblocks, np.uint8)  # 0 none matched, 1 all did, 2 mixed
+    was = np.empty(BLOCK, np.uint64)
+    keep = ~bits
+    total = 0
+    ahead = False
+    for b in range(nblocks):
+        b0 = b * BLOCK
+        blk = words[b0:b0 + BLOCK]
+        m = len(blk)
+        c = 0
+        if ahead:
+            for i in range(m):
+                v = blk[i]
+                x = np.uint64((v & mask) == mask)
+                blk[i] = v & ~(bits * x)
+                was[i] = x
+                c += int(x)
+        else:
+            for i in range(m):
+                c += int((blk[i] & mask) == mask)
+        total += c
+        if c == m:
+            if not ahead:
+                for i in range(m):
+                    blk[i] &= keep
+            state[b] = 1
+            ahead = True
+            continue
+        if c:
+            for i in range(m):
+                x = was[i] if ahead else np.uint64((blk[i] & mask) == mask)
+                sel[b0 + i] = np.uint8(x)
+                if not ahead and x:
+                    blk[i] &= keep
+            state[b] = 2
+        else:
+            state[b] = 0
+        ahead = False
+    same = True
+    for b in range(1, nblocks):
+        if state[b] != state[0]:
+            same = False
+    if not same or (nblocks and state[0] == 2):
+        for b in range(nblocks):
+            if state[b] != 2:
+                sel[b * BLOCK:min((b + 1) * BLOCK, n)] = state[b]
+    return sel.view(np.bool_), int(total)
+
+
 @njit(cache=True, nogil=True)
 def last_set(mask: np.ndarray) -> int:
     """The index of the last True of ``mask``, -1 if none: ``argmax`` from the end,

@@ -81,10 +81,10 @@ import numpy as np
 from numba import njit
 
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
-                    vcas, vload, vstore, vxchg, xchg)
-from ...sim.vec import bits_set
+                    vcas, vload, vstore, vupdate, vxchg, xchg)
+from ...sim.vec import bits_set, clear_where_set
 from ..hw.tables import TwoLevelTables
-from ..kvm.arch import should_clear_chunk
+from ..kvm.arch import all_set, should_clear_chunk
 
 if TYPE_CHECKING:
     from ..system import System
@@ -125,6 +125,7 @@ __all__ = [n for n in dir() if n.isupper()] + ["Stage2Pgtable", "kvm_pte_valid",
 
 _NOT_AF = np.uint64(~AF & MASK)
 _VALID_AF = np.uint64(KVM_PTE_VALID | AF)
+_AF = np.uint64(AF)
 
 
 def kvm_pte_valid(pte: int) -> bool:
@@ -188,6 +189,10 @@ class Stage2Pgtable(TwoLevelTables):
         #: FEAT_HAFDBS: VTCR_EL2.HA (hardware AF) and, as modelled here, HD (DBM)
         self.hw_af = hw_af
         self.chunk = chunk
+        #: in run mode, the age walk reads, tests and clears each chunk with one
+        #: ``vupdate`` (``FusedVisit``); False keeps the ``vload`` and the ``vcas``
+        #: apart, as the checker's chunks of one entry have them (tests compare both)
+        self.fuse = True
 
     def entry_present(self, entry: int) -> bool:
         return kvm_pte_valid(entry)
@@ -223,7 +228,7 @@ class Stage2Pgtable(TwoLevelTables):
 
     # -- the generic walker ----------------------------------------------------------
     def kvm_pgtable_walk(self, start: int, end: int, visitor: Visitor,
-                         lockless: bool = False) -> Gen:
+                         lockless: bool = False, fused: "FusedVisit | None" = None) -> Gen:
         """``kvm_pgtable_walk`` with ``KVM_PGTABLE_WALK_LEAF`` over gfns [start, end):
         ``kvm_pgtable_walk_begin``, then per leaf table one load of the table descriptor
         and one ``vload`` per chunk, handed to ``visitor(table, lo, values, gfn)``
@@ -233,7 +238,9 @@ class Stage2Pgtable(TwoLevelTables):
         With a chunk of several leaf tables (large guests), a run of them is walked as
         the TDP MMU's aging does: one ``vload`` of their table descriptors, then each
         stretch still linked as set-up linked it as chunks of the arena
-        (``arena_spans``), any other table on its own.
+        (``arena_spans``), any other table on its own. There, a walk given ``fused``
+        (and ``self.fuse``) visits each chunk with one ``vupdate`` instead of a
+        ``vload`` and the visitor's operations (``FusedVisit``).
 
         ``kvm_pgtable_walk_begin`` is ``rcu_read_lock()``. Under ``mmu_lock`` (a spinning
         rwlock: preemption off) the walk is already an RCU-sched read section, which
@@ -247,7 +254,8 @@ class Stage2Pgtable(TwoLevelTables):
             yield rcu_read_lock(sys.rcu, cost="rcu_read_lock")
         run = self.chunk // self.leaf_entries
         if run > 1 and self.arena is not None:
-            ret = yield from self._walk_runs(start, end, run, visitor)
+            ret = yield from self._walk_runs(start, end, run, visitor,
+                                             fused if self.fuse else None)
             if in_rcu:
                 yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
             return ret
@@ -271,7 +279,8 @@ class Stage2Pgtable(TwoLevelTables):
             yield rcu_read_unlock(sys.rcu, cost="rcu_read_unlock")
         return ret
 
-    def _walk_runs(self, start: int, end: int, run: int, visitor: Visitor) -> Gen:
+    def _walk_runs(self, start: int, end: int, run: int, visitor: Visitor,
+                   fused: "FusedVisit | None") -> Gen:
         """The walk over runs of ``run`` leaf tables (see ``kvm_pgtable_walk``)."""
         per = self.leaf_entries
         for r0, r1, g0, g1 in self.runs(start, end, run):
@@ -279,8 +288,15 @@ class Stage2Pgtable(TwoLevelTables):
             for lo, hi, table in self.arena_spans(es, r0, g0, g1):
                 tbl, base = (self.arena, 0) if table is None else (table, lo - lo % per)
                 for clo, chi in _chunks(lo - base, hi - base, self.chunk):
-                    vals = yield vload(tbl, clo, chi, cost="spte_read")
-                    ret = yield from visitor(tbl, clo, vals, base + clo)
+                    if fused is not None:
+                        got = yield vupdate(tbl, clo, chi, fused.fn, cost="spte_read",
+                                            atomic_cost=fused.atomic_cost,
+                                            store_cost=fused.store_cost,
+                                            cmpxchg=fused.atomic_cost is not None)
+                        ret = fused.visited(got, base + clo)
+                    else:
+                        vals = yield vload(tbl, clo, chi, cost="spte_read")
+                        ret = yield from visitor(tbl, clo, vals, base + clo)
                     if ret:
                         return ret
         return 0
@@ -475,8 +491,37 @@ class Stage2Pgtable(TwoLevelTables):
                 yield from self._locked_clear(table, lo, vals, acc, first)
             return 0
 
-        yield from self.kvm_pgtable_walk(start, end, visit, lockless=lockless)
+        fused = None
+        if mkold and (should_clear is None or getattr(should_clear, "clears_young", False)):
+            # in run mode: read, test and clear each chunk with one vupdate
+            fused = FusedVisit(self._fused_atomic_cost(lockless))
+
+            def visited(got: tuple[np.ndarray, int], first: int) -> int:
+                nonlocal young
+                sel, n = got
+                if not n:
+                    return 0
+                young = True
+                acc = all_set(n) if n == len(sel) else sel
+                sys.ghost_seen_young_many(first, acc, n)
+                if should_clear is not None:  # asked, for what it records; clears all
+                    should_clear_chunk(should_clear, first, acc)
+                if lockless and not self.hw_af and not sys.design.lockless_access_tracking:
+                    sys.contract(False, f"{sys.design.name}: the lockless path ran on a "
+                                 "stage 2 without hardware AF; it must have reported "
+                                 "failure so the caller falls back")
+                sys.ghost_cleared_many(first, acc, n)
+                return 0
+            fused.visited = visited
+        yield from self.kvm_pgtable_walk(start, end, visit, lockless=lockless, fused=fused)
         return young
+
+    def _fused_atomic_cost(self, lockless: bool) -> str | None:
+        """How a fused age visit clears ``AF``, as ``_lockless_clear`` and
+        ``_locked_clear`` would: the label of its cmpxchg, or None for a plain write."""
+        if lockless:
+            return None if self.sys.bug("plain-store-clear") else "spte_cmpxchg"
+        return "spte_clear_young" if self.hw_af else None
 
     def _lockless_clear(self, table: Any, lo: int, vals: np.ndarray, sel: np.ndarray,
                         first: int) -> Gen:
@@ -520,6 +565,30 @@ class Stage2Pgtable(TwoLevelTables):
             done, pending, _, n_retry = stage2_cas_outcome(found, cur, pending)
             sys.ghost_cleared_many(first, done)
             cur = found  # a retry starts from the value its cmpxchg found
+
+
+class FusedVisit:
+    """A visit of a chunk as one ``vupdate`` (``kvm_pgtable_walk`` in run mode): the
+    age walker's reading and clearing of ``AF`` in each young descriptor, each
+    descriptor's read and cmpxchg adjacent (so a cmpxchg always finds the value just
+    read and succeeds), as the kernel's loop has them, instead of a chunk apart.
+    ``atomic_cost``: the label of the cmpxchgs, or None: plain writes (``spte_write``).
+    ``visited(result, first gfn)`` takes the ``fn``'s result (the young mask, valid
+    only for counts other than 0 and the chunk's length, and the count) and returns
+    what a visitor returns."""
+
+    def __init__(self, atomic_cost: str | None) -> None:
+        self.atomic_cost = atomic_cost
+        self.store_cost = None if atomic_cost is not None else "spte_write"
+        self.visited: Callable[[Any, int], int] = lambda got, first: 0
+
+    def fn(self, desc: np.ndarray) -> tuple[Any, ...]:
+        """The ``vupdate`` function: ``AF`` cleared where ``kvm_pte_young``."""
+        sel, n = clear_where_set(desc, _VALID_AF, _AF)
+        some = None if n in (0, len(desc)) else sel
+        if self.atomic_cost is not None:
+            return (sel, n), some, n, None, 0
+        return (sel, n), None, 0, some, n
 
 
 def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:

@@ -90,6 +90,19 @@ class KvmArchMmu:
         raise NotImplementedError
 
 
+_ALL_SET: dict[int, np.ndarray] = {}
+
+
+def all_set(n: int) -> np.ndarray:
+    """A read-only mask of ``n`` entries all set, made once per length: a chunk whose
+    entries are all young, for a predicate to read, without a mask written per chunk."""
+    mask = _ALL_SET.get(n)
+    if mask is None:
+        mask = _ALL_SET[n] = np.ones(n, dtype=bool)
+        mask.flags.writeable = False
+    return mask
+
+
 def should_clear_chunk(should_clear: Any, first: int, young: np.ndarray) -> np.ndarray:
     """``should_clear`` asked for every young page of a chunk (gfn ``first + k`` where
     ``young[k]``), in gfn order; its ``chunk(first, young)`` answers at once if it has

@@ -31,7 +31,7 @@ import numpy as np
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vupdate, vxchg, xchg)
 from ...sim.vec import bits_set
-from ..kvm.arch import should_clear_chunk
+from ..kvm.arch import all_set, should_clear_chunk
 from .ept import EptTables, ept_walk
 from . import spte as S
 from . import spte_vec as V
@@ -336,7 +336,7 @@ class TdpMmu(EptTables):
                 sys.ghost_seen_young_many(base + clo, acc, n)
                 if should_clear is not None:  # asked, for what it records; it clears all
                     should_clear_chunk(should_clear, base + clo,
-                                       _all_set(n) if n == chi - clo else acc)
+                                       all_set(n) if n == chi - clo else acc)
                 if n_ad:
                     sys.ghost_cleared_many(base + clo, ad, n_ad)
                 if len(idx):
@@ -450,19 +450,6 @@ class TdpMmu(EptTables):
 
 def tdp_mmu_free_sp_rcu_callback(table: Any) -> Gen:
     yield free(table, cost="sp_free")
-
-
-_ALL_SET: dict[int, np.ndarray] = {}
-
-
-def _all_set(n: int) -> np.ndarray:
-    """A read-only mask of ``n`` entries all set, made once per length (a chunk whose
-    entries are all young, for a predicate to read, without writing a mask per chunk)."""
-    mask = _ALL_SET.get(n)
-    if mask is None:
-        mask = _ALL_SET[n] = np.ones(n, dtype=bool)
-        mask.flags.writeable = False
-    return mask
 
 
 def range_chunks(lo: int, hi: int, chunk: int) -> list[tuple[int, int]]:

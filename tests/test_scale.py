@@ -324,12 +324,15 @@ def test_fused_run_mode_aging_is_the_split_one_with_no_window(design, mmu, ntabl
                                                                        mm.end)))
 
         tid = m.spawn(ager, name="ager")
-        r = TimedDriver(m, perf_cost_model(), roles={tid: "aging"}).run()
+        r = TimedDriver(m, perf_cost_model(), roles={tid: "aging"},
+                        sample_period_ns=97).run()
         assert r.ok and r.stopped == "done"
         d = r.to_dict()
         d.pop("steps")
         for t in d["threads"]:
             t.pop("steps", None)
+        d["samples"] = r.profile.total  # the stacks differ (one frame fewer), not how many
+        d.pop("profile", None)
         out.append((ret, arch.tables.leaf_entries_now(), d, r.steps))
     (r0, e0, d0, s0), (r1, e1, d1, s1) = out
     assert r0 == r1

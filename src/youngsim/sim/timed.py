@@ -663,10 +663,7 @@ class TimedDriver:
 
     def _sample_wait(self, tid: int, dt: int, leaf: str | None) -> None:
         """Stack samples for ``dt`` ns spent spinning (the leaf names the wait)."""
-        b0 = self._busy[tid]
-        b1 = b0 + dt
-        self._busy[tid] = b1
-        n = b1 // self.period - b0 // self.period
+        n = self._samples(tid, dt)
         if n:
             st = (f"[{self._role[tid]}]",) + generator_stack(self.m.threads[tid].gen)
             assert self.profile is not None  # sampling is on only with a profile
@@ -1052,11 +1049,15 @@ class TimedDriver:
         self._flushes += 1
         return self._flush_base
 
-    def _sample(self, tid: int, t: Any, c: int) -> None:
+    def _samples(self, tid: int, c: int) -> int:
+        """Advance ``tid``'s busy time by ``c``: how many sampling periods it crossed."""
         b0 = self._busy[tid]
         b1 = b0 + c
         self._busy[tid] = b1
-        n = b1 // self.period - b0 // self.period
+        return b1 // self.period - b0 // self.period
+
+    def _sample(self, tid: int, t: Any, c: int) -> None:
+        n = self._samples(tid, c)
         if n:
             assert self.profile is not None  # sampling is on only with a profile
             self.profile.add(self._stack(tid, t), n)
@@ -1066,10 +1067,7 @@ class TimedDriver:
 
     def _sample_stack(self, tid: int, stack: tuple[str, ...], c: int) -> None:
         """``_sample`` with a stack taken earlier (the thread has moved on since)."""
-        b0 = self._busy[tid]
-        b1 = b0 + c
-        self._busy[tid] = b1
-        n = b1 // self.period - b0 // self.period
+        n = self._samples(tid, c)
         if n:
             assert self.profile is not None
             self.profile.add(stack, n)
@@ -1164,7 +1162,8 @@ class TimedDriver:
         labs = op.b
         total = 0
         ncont = 0
-        for k, lab, sel, n in ((O.VFETCH_AND, labs[0], asel, na),
+        atomic_kind = O.VCAS if labs[2] else O.VFETCH_AND  # (for an unlabelled one)
+        for k, lab, sel, n in ((atomic_kind, labs[0], asel, na),
                                (O.VSTORE, labs[1], ssel, ns)):
             if not n:
                 continue
@@ -1174,9 +1173,9 @@ class TimedDriver:
                 found = self._labels.get(lab)
                 info = found if found is not None else self._unknown(lab, k)
             c = int(info.vbase + n * info.per + 0.5)
-            nc = self._touch(op.obj, op.lo, op.hi, sel, n, k == O.VFETCH_AND, tid,
+            nc = self._touch(op.obj, op.lo, op.hi, sel, n, k != O.VSTORE, tid,
                              at + total)
-            if k == O.VFETCH_AND and labs[2]:  # cmpxchgs of the value just read
+            if k == O.VCAS:  # cmpxchgs of the value just read: attempts, all succeed
                 key = lab if lab is not None else "<cas>"
                 self._cas_att[key] = self._cas_att.get(key, 0) + n
             c += nc * self._surcharge

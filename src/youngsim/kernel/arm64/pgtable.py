@@ -494,8 +494,6 @@ class Stage2Pgtable(TwoLevelTables):
         fused = None
         if mkold and (should_clear is None or getattr(should_clear, "clears_young", False)):
             # in run mode: read, test and clear each chunk with one vupdate
-            fused = FusedVisit(self._fused_atomic_cost(lockless))
-
             def visited(got: tuple[np.ndarray, int], first: int) -> int:
                 nonlocal young
                 sel, n = got
@@ -512,7 +510,7 @@ class Stage2Pgtable(TwoLevelTables):
                                  "failure so the caller falls back")
                 sys.ghost_cleared_many(first, acc, n)
                 return 0
-            fused.visited = visited
+            fused = FusedVisit(self._fused_atomic_cost(lockless), visited)
         yield from self.kvm_pgtable_walk(start, end, visit, lockless=lockless, fused=fused)
         return young
 
@@ -577,10 +575,11 @@ class FusedVisit:
     only for counts other than 0 and the chunk's length, and the count) and returns
     what a visitor returns."""
 
-    def __init__(self, atomic_cost: str | None) -> None:
+    def __init__(self, atomic_cost: str | None, visited: Callable[[Any, int], int]
+                 ) -> None:
         self.atomic_cost = atomic_cost
         self.store_cost = None if atomic_cost is not None else "spte_write"
-        self.visited: Callable[[Any, int], int] = lambda got, first: 0
+        self.visited = visited
 
     def fn(self, desc: np.ndarray) -> tuple[Any, ...]:
         """The ``vupdate`` function: ``AF`` cleared where ``kvm_pte_young``."""

@@ -49,6 +49,17 @@ BLOCK = 512
 
 
 @njit(cache=True, nogil=True)
+def decided_alike(state: np.ndarray, mixed: int) -> bool:
+    """Was every block of a by-blocks kernel decided once (none in state ``mixed``),
+    and the same way? Then its per-entry masks follow from its counts (each 0 or the
+    length) and are left unwritten."""
+    for b in range(len(state)):
+        if state[b] == mixed or state[b] != state[0]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def clear_where_set(words: np.ndarray, mask: np.uint64, bits: np.uint64
                     ) -> tuple[np.ndarray, int]:
     """Clear ``bits`` in every word that has all the bits of ``mask`` set (a young
@@ -102,11 +113,7 @@ def clear_where_set(words: np.ndarray, mask: np.uint64, bits: np.uint64
         else:
             state[b] = 0
         ahead = False
-    same = True
-    for b in range(1, nblocks):
-        if state[b] != state[0]:
-            same = False
-    if not same or (nblocks and state[0] == 2):
+    if not decided_alike(state, 2):
         for b in range(nblocks):
             if state[b] != 2:
                 sel[b * BLOCK:min((b + 1) * BLOCK, n)] = state[b]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...sim.vec import decided_alike
 from . import spte as S
 
 _A = np.uint64(S.shadow_accessed_mask)
@@ -283,11 +284,7 @@ def age_clear(spte: np.ndarray, mode: int
             if d:
                 blk[i] = v & clear
         ahead = False
-    same = True
-    for b in range(1, nblocks):
-        if state[b] != state[0]:
-            same = False
-    if not same or (nblocks and state[0] == 16):
+    if not decided_alike(state, 16):
         for b in range(nblocks):
             s = state[b]
             if s != 16:

@@ -203,6 +203,7 @@ def test_vupdate_applies_its_function_to_the_live_words_and_returns_its_result()
     (lambda v: (None, [True] * len(v), len(v), None, 0), "boolean array"),
     (lambda v: (None, np.ones(len(v) + 1, bool), len(v), None, 0), "boolean array"),
     (lambda v: (None, None, 0, np.ones(len(v), bool), 1), "reported as 1"),
+    (lambda v: (None, None, len(v), np.eye(1, len(v), dtype=bool)[0], 1), "both"),
 ])
 def test_vupdate_refuses_a_malformed_write_report(report, why):
     def build(m: Machine) -> None:

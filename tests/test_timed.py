@@ -437,6 +437,25 @@ def test_vupdate_costs_what_the_load_atomic_and_store_it_replaces_cost():
     assert a == b
 
 
+def test_vupdate_writes_are_charged_even_when_the_code_after_it_fails():
+    """The words are written when the operation runs: a failure of the model code that
+    follows it in the same step (a contract, say) does not make them free."""
+    m = Machine()
+    w = m.new_words("w", 8)
+    w.data[:] = 1
+
+    def ager():
+        yield vupdate(w, 0, 8, _flip_low_bit, cost="walk", atomic_cost="clear")
+        raise RuntimeError("a contract after the clear")
+    m.spawn(ager, name="ager")
+    cm = load_cost_model().with_labels({
+        "walk": {"ns": 5, "per_element_ns": 2, "rationale": "test"},
+        "clear": {"ns": 7, "per_element_ns": 7, "rationale": "test"}})
+    r = run_timed(m, cm)
+    assert r.stopped == "violation" and not w.data.any()
+    assert r.label_ns == {"walk": 16, "clear": 56} and r.end_ns == 16 + 56
+
+
 def test_tlb_flush_cost_grows_with_the_cpus_to_interrupt():
     cm = load_cost_model()
     costs = [cm.tlb_flush_ns(n) for n in (1, 2, 4, 16, 64)]

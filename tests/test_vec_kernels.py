@@ -166,6 +166,30 @@ def test_age_clear_is_age_scan_then_the_clear_it_decides(
                 assert got.tolist() == exp, mode
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7),
+                          st.sampled_from([1, 5, vec.BLOCK - 1, vec.BLOCK, vec.BLOCK + 3])),
+                max_size=6),
+       st.integers(0, vec.BLOCK - 1))
+@example([(5, vec.BLOCK), (5, 100), (4, 100)], 0)  # all match, then a mixed block
+@example([(5, 3 * vec.BLOCK)], 0)  # every block all matched: the mask left unwritten
+@example([(5, vec.BLOCK), (0, vec.BLOCK)], 0)  # blocks decided differently
+def test_clear_where_set_clears_bits_where_the_mask_is_set(
+        runs: list[tuple[int, int]], shift: int) -> None:
+    """``clear_where_set`` = clear ``bits`` in each word with every bit of ``mask`` set,
+    and nothing else; the count of them, and the mask of them wherever the count is
+    neither 0 nor the length (else it may be left unwritten)."""
+    values = [0] * shift + [v for v, k in runs for _ in range(k)]
+    mask, bits = np.uint64(0b101), np.uint64(0b100)
+    want = [(v & 0b101) == 0b101 for v in values]
+    words = arr(values)
+    sel, n = vec.clear_where_set(words, mask, bits)
+    assert n == sum(want)
+    assert words.tolist() == [v & ~0b100 if w else v for v, w in zip(values, want)]
+    if 0 < n < len(values):
+        assert sel.tolist() == want
+
+
 @settings(max_examples=100, deadline=None)
 @given(sptes, st.data())
 def test_cleared_reports_each_clear(values: list[int], data: st.DataObject) -> None:

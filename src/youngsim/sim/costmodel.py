@@ -137,7 +137,8 @@ class CostModel:
 
     def op_cost(self, op: O.Op) -> float:
         """Base cost of an operation in ns, without contention, handoff or flush-batch
-        charges (those depend on the run; the timed driver adds them)."""
+        charges (those depend on the run; the timed driver adds them). For a
+        ``vupdate``, its read only: what it writes is known once it has run."""
         e = self.entry(op.kind, op.cost)
         if op.kind in VECTOR_KINDS:
             return e.cost(vector_elements(op))
@@ -390,6 +391,9 @@ def _build(doc: dict[str, Any], origin: str) -> CostModel:
             raise v.fail(f"kinds.{kname}", "unknown operation kind (known: "
                          f"{', '.join(sorted(KIND_BY_NAME))})")
         kinds[k] = _op_cost(v, d, f"kinds.{kname}")
+    if O.VUPDATE not in kinds and O.VLOAD in kinds:
+        # a vupdate's read is a vload's (files written before it existed stay valid)
+        kinds[O.VUPDATE] = kinds[O.VLOAD]
     for k, kname in sorted(O.KIND_NAMES.items()):
         if k not in kinds:
             raise v.fail(f"kinds.{kname}", "missing (every operation kind needs a default"

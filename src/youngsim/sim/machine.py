@@ -609,8 +609,14 @@ class Machine:
         if k == O.VLOAD:
             return view.copy()
         if k == O.VUPDATE:
+            self.vwrites = _NO_WRITES  # (until fn has run and its report is checked)
             res, asel, na, ssel, ns = op.a(view)
-            self.vwrites = (_selection(asel, na, view), na, _selection(ssel, ns, view), ns)
+            asel, ssel = _selection(asel, na, view), _selection(ssel, ns, view)
+            if na + ns > len(view) or (asel is not None and ssel is not None
+                                       and bool((asel & ssel).any())):
+                raise Violation("model-error", "vupdate: a word reported written both "
+                                "atomically and with a plain store")
+            self.vwrites = (asel, int(na), ssel, int(ns))
             return res
         sel = op.b
         if k == O.VCAS:
@@ -669,6 +675,9 @@ class Machine:
     # -- convenience -----------------------------------------------------------------
     def thread_names(self) -> dict[int, str]:
         return {t.tid: t.name for t in self.threads}
+
+
+_NO_WRITES: tuple[Any, int, Any, int] = (None, 0, None, 0)
 
 
 def _selection(sel: Any, n: int, view: np.ndarray) -> Any:

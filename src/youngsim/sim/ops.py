@@ -277,13 +277,20 @@ def vupdate(w: "Words", lo: int, hi: int, fn: Callable[[Any], tuple[Any, ...]],
     ``(result, atomic, n_atomic, stored, n_stored)``: what the thread receives, then the
     words it updated with an atomic and those it updated with a plain store, each a
     boolean array over the chunk (``None``: every word, or none if its count is 0) and
-    its count (checked against the array). Per word the update is atomic; the chunk as
-    a whole is not. The timed driver charges ``cost`` per word read, then
-    ``atomic_cost`` per atomic word (with the contended-line surcharge of a vector
-    atomic) and ``store_cost`` per stored word, as it would the ``vload``,
-    ``vfetch_and`` and ``vstore`` it replaces. ``cmpxchg``: the atomics are cmpxchgs
-    of the value just read (a ``vcas`` they replace), counted as attempts that
-    succeeded."""
+    its count (checked against the array). Like every operation it is one step, so no
+    other thread runs inside the chunk: that models each word's read and update being
+    adjacent, and hides the interleavings between words of the chunk (which the
+    checker's chunks of one entry, with a separate load and update, explore).
+
+    The timed driver charges ``cost`` per word read, then ``atomic_cost`` per atomic
+    word (with the contended-line surcharge of a vector atomic) and ``store_cost`` per
+    stored word (unlabelled: as ``kinds.vfetch_and``, or ``vcas`` with ``cmpxchg``, and
+    ``kinds.vstore``), the writes dated after the read. For a thread running alone that
+    is exactly what it charges the ``vload``, vector atomic and ``vstore`` it
+    replaces; with others, a chunk hides their operations' places inside it, and a
+    write dated after the read may make another CPU's atomic in that interval the
+    contended one instead of this. ``cmpxchg``: the atomics are cmpxchgs of the value
+    just read (a ``vcas`` they replace), counted as attempts that succeeded."""
     return _op(VUPDATE, w, lo, hi, True, fn, (atomic_cost, store_cost, cmpxchg), cost,
                False)
 

@@ -933,13 +933,13 @@ class TimedDriver:
                         self._sample(tid, t, c)
                 m.now = now
                 if kc == KC_VEC and k == VUPDATE:
-                    # its writes' costs are known once it has run
+                    # its writes' costs are known once it has run (and are owed even if
+                    # the model code after it then fails: the words were written)
                     st = self._stack(tid, t) if period else None
                     m.step(tid)
-                    if m.violation is None:
-                        wc, wn = self._vupdate_writes(op, tid, end, st)
-                        end += wc
-                        contended += wn
+                    wc, wn = self._vupdate_writes(op, tid, end, st)
+                    end += wc
+                    contended += wn
                 else:
                     m.step(tid)
                 steps += 1

@@ -494,13 +494,13 @@ class Stage2Pgtable(TwoLevelTables):
         fused = None
         if mkold and (should_clear is None or getattr(should_clear, "clears_young", False)):
             # in run mode: read, test and clear each chunk with one vupdate
-            def visited(got: tuple[np.ndarray, int], first: int) -> int:
+            def visited(got: tuple[np.ndarray | None, int], first: int) -> int:
                 nonlocal young
                 sel, n = got
                 if not n:
                     return 0
                 young = True
-                acc = all_set(n) if n == len(sel) else sel
+                acc = all_set(n) if sel is None else sel  # (None: every descriptor)
                 sys.ghost_seen_young_many(first, acc, n)
                 if should_clear is not None:  # asked, for what it records; clears all
                     should_clear_chunk(should_clear, first, acc)
@@ -571,9 +571,9 @@ class FusedVisit:
     descriptor's read and cmpxchg adjacent (so a cmpxchg always finds the value just
     read and succeeds), as the kernel's loop has them, instead of a chunk apart.
     ``atomic_cost``: the label of the cmpxchgs, or None: plain writes (``spte_write``).
-    ``visited(result, first gfn)`` takes the ``fn``'s result (the young mask, valid
-    only for counts other than 0 and the chunk's length, and the count) and returns
-    what a visitor returns."""
+    ``visited(result, first gfn)`` takes the ``fn``'s result (the young mask, None
+    when none or every descriptor was young, and how many were) and returns what a
+    visitor returns."""
 
     def __init__(self, atomic_cost: str | None, visited: Callable[[Any, int], int]
                  ) -> None:
@@ -584,10 +584,10 @@ class FusedVisit:
     def fn(self, desc: np.ndarray) -> tuple[Any, ...]:
         """The ``vupdate`` function: ``AF`` cleared where ``kvm_pte_young``."""
         sel, n = clear_where_set(desc, _VALID_AF, _AF)
-        some = None if n in (0, len(desc)) else sel
+        some = None if n in (0, len(desc)) else sel  # (else possibly left unwritten)
         if self.atomic_cost is not None:
-            return (sel, n), some, n, None, 0
-        return (sel, n), None, 0, some, n
+            return (some, n), some, n, None, 0
+        return (some, n), None, 0, some, n
 
 
 def stage2_free_unlinked_table_rcu_cb(table: Any) -> Gen:

@@ -214,7 +214,7 @@ def age_clear(spte: np.ndarray, mode: int
     some block differs from another: when every block was decided once, and the same
     (the common case: all young, all old), each count is 0 or the chunk's length and
     the masks are left unwritten (three bytes of writes per entry). So a mask is valid
-    exactly when its count is neither 0 nor the chunk's length.
+    at least whenever its count is neither 0 nor the chunk's length.
 
     Blocks as ``age_scan``'s. Which entries get A cleared depends on each entry alone,
     so after a block decided once as accessed A/D entries the next block is cleared

@@ -333,12 +333,13 @@ class TdpMmu(EptTables):
                 if not n:
                     continue
                 young = young or not sys.bug("age-forgets-young")
+                acc = all_set(n) if acc is None else acc  # (None: every entry)
                 sys.ghost_seen_young_many(base + clo, acc, n)
                 if should_clear is not None:  # asked, for what it records; it clears all
-                    should_clear_chunk(should_clear, base + clo,
-                                       all_set(n) if n == chi - clo else acc)
+                    should_clear_chunk(should_clear, base + clo, acc)
                 if n_ad:
-                    sys.ghost_cleared_many(base + clo, ad, n_ad)
+                    sys.ghost_cleared_many(base + clo, all_set(n_ad) if ad is None else ad,
+                                           n_ad)
                 if len(idx):
                     yield from self._age_noad(table, base, clo, idx, noad, lockless)
                 continue
@@ -380,8 +381,9 @@ class TdpMmu(EptTables):
         (``spte_vec.age_clear``), as ``_age_chunk`` would clear them after a ``vload``
         (the same atomics, plain writes, cleared pages and lockless-clear counts, with
         no window between an entry's read and its clear). Its result: (acc, ad, how many
-        acc, how many ad, the young A/D-disabled entries' indices and values; each mask
-        valid only if its count is neither 0 nor the chunk's length)."""
+        acc, how many ad, the young A/D-disabled entries' indices and values), a mask
+        None when its count is 0 or the chunk's length (``age_clear`` may leave it
+        unwritten then)."""
         def age_clear(spte: np.ndarray) -> tuple[Any, ...]:
             acc, ad, atomic, n, n_ad, n_noad, n_atomic = V.age_clear(spte, mode)
             full = len(spte)
@@ -390,7 +392,8 @@ class TdpMmu(EptTables):
             n_store = n_ad - n_atomic
             idx = (_NO_IDX if not n_noad else np.arange(full) if n_noad == full
                    else np.flatnonzero(acc & ~ad))
-            return ((acc, ad, n, n_ad, idx, spte[idx]),
+            return ((acc if 0 < n < full else None, ad if 0 < n_ad < full else None, n,
+                     n_ad, idx, spte[idx]),
                     None if n_atomic in (0, full) else atomic, n_atomic,
                     None if n_store in (0, full) else ad & ~atomic, n_store)
         return age_clear

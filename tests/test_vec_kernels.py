@@ -265,10 +265,12 @@ def test_store_selected_is_the_masked_numpy_assignment(
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.booleans(), max_size=100))
-def test_last_set_is_the_last_true(bits: list[bool]) -> None:
+def test_first_and_last_set_are_the_first_and_last_true(bits: list[bool]) -> None:
     mask = np.array(bits, dtype=bool)
     want = max((k for k, b in enumerate(bits) if b), default=-1)
     assert vec.last_set(mask) == want
+    firsts = [i for i, b in enumerate(bits) if b]
+    assert vec.first_set(mask) == (firsts[0] if firsts else -1)
     if want >= 0:  # what yu-v2 computed with numpy
         assert want == len(bits) - 1 - int(mask[::-1].argmax())
 

@@ -42,7 +42,7 @@ from ..kernel.mm.mmu_notifier import MmuNotifierOps
 from ..kernel.mm.vmscan import MIN_LRU_BATCH, decide, lru_gen_look_around
 from ..kernel.system import PAGE_SIZE
 from ..sim import Op, load, rcu_read_lock, rcu_read_unlock
-from ..sim.vec import last_set
+from ..sim.vec import first_set, last_set
 from .base import Design
 from .bitmap import Bitmap
 
@@ -178,8 +178,8 @@ class ShouldClearYoung:
         args: TestClearYoungArgs = self.range.arg
         if args.bitmap is not None:
             return [young[k] and self(first + k) for k in range(len(young))]
-        k = int(young.argmax())  # the first young page, if any (stops at it)
-        if young[k]:
+        k = int(first_set(young))  # the first young page, if any
+        if k >= 0:
             lo, hi = first + k, first + int(last_set(young))  # (and the last one)
             if lo < self.range.start or hi >= self.range.end:
                 self.sys.contract(False, "kvm_should_clear_young: gfn "

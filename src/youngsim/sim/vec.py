@@ -121,6 +121,16 @@ def clear_where_set(words: np.ndarray, mask: np.uint64, bits: np.uint64
 
 
 @njit(cache=True, nogil=True)
+def first_set(mask: np.ndarray) -> int:
+    """The index of the first True of ``mask``, -1 if none, stopping at it (numpy's
+    ``argmax`` of a bool array read all of a 2 M-entry mask here: 0.4 ms)."""
+    for i in range(len(mask)):
+        if mask[i]:
+            return i
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def last_set(mask: np.ndarray) -> int:
     """The index of the last True of ``mask``, -1 if none: ``argmax`` from the end,
     stopping at it (numpy's ``mask[::-1].argmax()`` copies the reversed array first)."""

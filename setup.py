@@ -6,7 +6,6 @@ source goes to youngsim/sim/_build.py (generated), which sim/_native.py checks a
 """
 
 import glob
-import hashlib
 import importlib.util
 import os
 import sys
@@ -35,12 +34,8 @@ COMPILE = (CMD not in ("egg_info", "dist_info", "sdist")  # metadata only: no my
 INPLACE = CMD == "editable_wheel" or "--inplace" in sys.argv or "-i" in sys.argv
 
 
-def sha256(m):
-    with open(os.path.join(PKG, m + ".py"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-INFO = f"SOURCES = {({m: sha256(m) for m in CORE} if COMPILE else {})!r}  # by setup.py\n"
+INFO = (f"SOURCES = {({m: NATIVE.source_digest(m) for m in CORE} if COMPILE else {})!r}"
+        "  # by setup.py\n")
 
 
 class BuildPy(build_py):

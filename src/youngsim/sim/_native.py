@@ -32,6 +32,12 @@ class _PureFinder:
         return None
 
 
+def source_digest(name: str) -> str:
+    """The sha256 of core module ``name``'s source (setup.py records it, we compare)."""
+    with open(os.path.join(_DIR, name + ".py"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def _why_pure() -> tuple[str, bool]:
     """(why, say it) for the pure core; ("", False) for the compiled one."""
     ext = [n for n in CORE + (LIB + "__mypyc",) if any(
@@ -46,11 +52,7 @@ def _why_pure() -> tuple[str, bool]:
         from ._build import SOURCES
     except ImportError:
         SOURCES = {}
-    stale = []
-    for n in CORE:
-        with open(os.path.join(_DIR, n + ".py"), "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != SOURCES.get(n):
-                stale.append(n + ".py")
+    stale = [n + ".py" for n in CORE if source_digest(n) != SOURCES.get(n)]
     return (f"{', '.join(stale)} changed since the build", True) if stale else ("", False)
 
 

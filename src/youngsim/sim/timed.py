@@ -665,7 +665,7 @@ class TimedDriver:
         """Stack samples for ``dt`` ns spent spinning (the leaf names the wait)."""
         n = self._samples(tid, dt)
         if n:
-            st = (f"[{self._role[tid]}]",) + generator_stack(self.m.threads[tid].gen)
+            st = self._stack(tid, self.m.threads[tid])
             assert self.profile is not None  # sampling is on only with a profile
             self.profile.add(st + (leaf,) if leaf else st, n)
 

@@ -34,3 +34,23 @@ def test_aging_scale_benchmark_rejects_bad_input_in_one_line():
     r = run("--mmu", "x86-shadow")  # not one the benchmark ages in runs
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown --mmu 'x86-shadow'" in r.stderr
+
+
+LOCK_BENCH = BENCH.parent / "bench_lock_cycles.py"
+
+
+@pytest.mark.parametrize("writer", [[], ["--no-writer"]])
+def test_lock_cycle_benchmark_runs_both_ways_with_the_same_result(writer):
+    r = subprocess.run([sys.executable, str(LOCK_BENCH), "--vcpus", "6", "--faults", "40",
+                        "--repeat", "1", "--no-pin", *writer], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "timed result of the two runs: identical" in r.stdout
+    assert "lock_cycles / loop" in r.stdout
+
+
+def test_lock_cycle_benchmark_rejects_bad_input_in_one_line():
+    r = subprocess.run([sys.executable, str(LOCK_BENCH), "--faults", "0"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "counts must be >= 1 and times >= 0" in r.stderr

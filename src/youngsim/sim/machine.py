@@ -56,6 +56,7 @@ _CALL_RCU: Final = O.CALL_RCU
 _MIGHT_SLEEP: Final = O.MIGHT_SLEEP
 _SPAWN: Final = O.SPAWN
 _NOP: Final = O.NOP
+_LOCK_CYCLES: Final = O.LOCK_CYCLES
 _VLOAD: Final = O.VLOAD
 #: vector atomic kind -> ``vec.rmw``'s
 _VRMW = {O.VXCHG: vec.XCHG, O.VFETCH_AND: vec.AND, O.VFETCH_OR: vec.OR}
@@ -94,7 +95,8 @@ NO_OP = O.nop("no operation")
 
 class Thread:
     __slots__ = ("tid", "name", "gen", "send", "pending", "done", "result", "locks",
-                 "atomic", "steps", "loc", "daemon", "readers", "nalloc")
+                 "atomic", "steps", "loc", "daemon", "readers", "nalloc", "cyc",
+                 "cyc_left", "cyc_j")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
@@ -115,6 +117,11 @@ class Thread:
         self.steps = 0
         self.loc: str = ""
         self.daemon = False
+        #: a ``lock_cycles`` in progress: its operations, the cycles left (this one
+        #: included) and the index of the pending one (``Machine._next_cycle_op``)
+        self.cyc: tuple[Op, ...] | None = None
+        self.cyc_left = 0
+        self.cyc_j = 0
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"
@@ -333,7 +340,10 @@ class Machine:
         else:
             if self.tracing:
                 self.trace.append(Step(self.nsteps, tid, op, res, t.loc))
-            self._advance(t, res)
+            if t.cyc is None:
+                self._advance(t, res)
+            else:
+                self._next_cycle_op(t)
         if self.violation is None:
             if self.invariants and self._check_invariants(op):
                 return
@@ -389,11 +399,53 @@ class Machine:
         if obj is not None and obj.oid is None:
             obj.oid = self._next_oid
             self._next_oid += 1
+        if self.tracing:
+            t.loc = _location(t.gen)
+        if op.kind == _LOCK_CYCLES:
+            self._start_cycles(t, op)
+            return
         if op.sleeps and t.atomic:
             self._sleep_in_atomic(t, op)
         t.pending = op
-        if self.tracing:
-            t.loc = _location(t.gen)
+
+    # -- lock_cycles: run as its operations, without resuming the generator between ------
+    def _start_cycles(self, t: Thread, op: Op) -> None:
+        n = op.b
+        seq = op.a
+        if not isinstance(n, int) or n < 0 or not isinstance(op.obj, Lock):
+            self.violation = Violation(
+                "model-error", f"thread {t.name}: {op.describe()}: needs a lock and a"
+                " cycle count >= 0", t.tid)
+            t.done = True
+            return
+        if n == 0:
+            self._advance(t, None)
+            return
+        t.cyc = seq
+        t.cyc_left = n
+        t.cyc_j = 0
+        self._set_cycle_op(t, seq[0])
+
+    def _next_cycle_op(self, t: Thread) -> None:
+        """The pending operation of a ``lock_cycles`` has run: make the next one pending,
+        or, after the last cycle, resume the generator (with None)."""
+        seq = t.cyc
+        assert seq is not None
+        j = t.cyc_j + 1
+        if j == len(seq):
+            j = 0
+            t.cyc_left -= 1
+            if t.cyc_left == 0:
+                t.cyc = None
+                self._advance(t, None)
+                return
+        t.cyc_j = j
+        self._set_cycle_op(t, seq[j])
+
+    def _set_cycle_op(self, t: Thread, op: Op) -> None:
+        if op.sleeps and t.atomic:
+            self._sleep_in_atomic(t, op)
+        t.pending = op
 
     def _advance_failed(self, t: Thread, e: Exception) -> None:
         """The generator of ``t`` returned or raised instead of yielding."""

@@ -60,6 +60,9 @@ VSTORE: Final = 28
 VXCHG: Final = 29
 VCAS: Final = 30
 VUPDATE: Final = 31  # a per-word update a function decides from each word (vupdate)
+#: n cycles of (acquire, hold, release, gap) on one lock (``lock_cycles``): never pending
+#: itself, the executor runs it as those ordinary operations, so it has no cost entry
+LOCK_CYCLES: Final = 32
 
 KIND_NAMES = {
     LOAD: "load", STORE: "store", CAS: "cas", XCHG: "xchg", FETCH_AND: "fetch_and",
@@ -120,6 +123,8 @@ class Op:
 
     def describe(self) -> str:
         """Human-readable form for step tables: ``cas(spt[3], 0x1, 0x0)``."""
+        if self.kind == LOCK_CYCLES:
+            return f"lock_cycles({self.obj.name}, {self.b})"
         name = KIND_NAMES[self.kind]
         if self.kind in (LOAD, STORE, CAS, XCHG, FETCH_AND, FETCH_OR, FETCH_ADD, WAIT):
             where = f"{self.obj.name}[{self.lo}]"
@@ -343,6 +348,40 @@ def write_lock(lock: "Lock", cost: str | None = None) -> Op:
 
 def write_unlock(lock: "Lock", cost: str | None = None) -> Op:
     return _op(WRITE_UNLOCK, lock, 0, 1, True, None, None, cost, False)
+
+
+def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = None,
+                gap: str | None = None, acquire: str | None = None,
+                release: str | None = None) -> Op:
+    """``n`` cycles of: take ``lock``, ``nop(cost=hold)``, release it, ``nop(cost=gap)``;
+    returns None once the last cycle's gap has run.
+
+    ``read``: an rwlock's read side; else the lock exclusively (``write_lock`` on an
+    rwlock, ``spin_lock`` on a spinlock, ``mutex_lock`` on a sleeping lock). ``acquire``
+    and ``release`` label the lock operations; a ``hold`` or ``gap`` of None leaves that
+    ``nop`` out.
+
+    The executor runs it as exactly those operations, one step each, without resuming
+    the generator between them (``Machine._next_cycle_op``): both drivers see, charge
+    and interleave the same steps as a loop yielding them, so the checker explores the
+    same schedules and the timed driver computes the same waits, fairness and costs.
+    What it saves is the model code's round trip per operation: the per-page lock
+    traffic of a chunked walker or fault stream (docs/timed.md, "Lock cycles")."""
+    if read:
+        acq, rel = read_lock(lock, acquire), read_unlock(lock, release)
+    elif lock.shared_ok:
+        acq, rel = write_lock(lock, acquire), write_unlock(lock, release)
+    elif lock.sleeping:
+        acq, rel = mutex_lock(lock, acquire), mutex_unlock(lock, release)
+    else:
+        acq, rel = spin_lock(lock, acquire), spin_unlock(lock, release)
+    seq = [acq]
+    if hold is not None:
+        seq.append(nop(cost=hold))
+    seq.append(rel)
+    if gap is not None:
+        seq.append(nop(cost=gap))
+    return _op(LOCK_CYCLES, lock, 0, 1, True, tuple(seq), int(n), None, False)
 
 
 # --- RCU ------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Lock-cycle benchmark: ``mmu_lock`` traffic shaped like ``access_tracking_perf_test -p``,
+yielded one operation at a time and as ``lock_cycles``.
+
+Run as ``python3 benchmarks/bench_lock_cycles.py``. Prints plain text; never fails the
+process on a figure (speed depends on the machine).
+
+The model: ``--vcpus`` threads each take ``kvm->mmu_lock`` for read ``--faults`` times
+(one EPT violation each: the lock held ``--read-hold`` ns, then ``--read-gap`` ns of the
+rest of the fault and the guest), while one aging thread takes it for write once per
+page, ``--vcpus x --faults`` times (``upstream-6.12``'s per-page locked
+``kvm_age_gfn``: held ``--write-hold`` ns, ``--write-gap`` ns between pages), under the
+default cost model's lock costs (lock-word surcharge, qrwlock fairness, spinning
+waiters). The default hold and gap times are the ones measured in
+``youngsim run access_tracking_perf_test -p -v 112 -b 2M --design upstream-6.12 --mmu
+x86-tdp`` (vCPU read hold mean 31 ns and about 1.4 us of host time per fault; aging
+write hold mean 17 ns, a 10.2 ms pass over 57,344 pages: about 180 ns a page).
+
+Both runs must give the same timed result (checked: the whole ``TimedResult`` apart from
+wall time), so the comparison is of the same simulation:
+
+- ``loop``: each thread a generator yielding ``read_lock``, ``nop(hold)``,
+  ``read_unlock``, ``nop(gap)`` per cycle, as the model's code does today;
+- ``lock_cycles``: each thread yields one ``lock_cycles`` operation, which the executor
+  runs as the same operations without resuming the generator.
+
+It prints the wall time and the cost per lock cycle of each, and what that cost means for
+the lock traffic alone of the full-size target (``-v 112 -b 1G``: 29.4 M faults, and one
+per-page locked pass over as many pages): a floor under that scenario's time, not a
+prediction of it (every fault and pass also runs model code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from typing import Any
+
+from _common import pin_one_core
+from youngsim.sim import (Machine, RWLock, _native, lock_cycles, nop, read_lock, read_unlock,
+                          write_lock, write_unlock)
+from youngsim.sim.costmodel import load_cost_model
+from youngsim.sim.timed import TimedDriver
+
+FULL_FAULTS = 112 * (1 << 30) // 4096  # -v 112 -b 1G: 29.4 M pages
+
+
+def build(args: argparse.Namespace, fused: bool) -> Machine:
+    m = Machine()
+    lk = RWLock("kvm->mmu_lock")
+    n = args.faults
+
+    def vcpu() -> Any:
+        if fused:
+            yield lock_cycles(lk, n, read=True, hold="bench_read_hold", gap="bench_read_gap",
+                              acquire="mmu_lock_read", release="mmu_lock_read_release")
+            return
+        for _ in range(n):
+            yield read_lock(lk, "mmu_lock_read")
+            yield nop(cost="bench_read_hold")
+            yield read_unlock(lk, "mmu_lock_read_release")
+            yield nop(cost="bench_read_gap")
+
+    def ager() -> Any:
+        pages = args.vcpus * n
+        if fused:
+            yield lock_cycles(lk, pages, hold="bench_write_hold", gap="bench_write_gap")
+            return
+        for _ in range(pages):
+            yield write_lock(lk)
+            yield nop(cost="bench_write_hold")
+            yield write_unlock(lk)
+            yield nop(cost="bench_write_gap")
+
+    for i in range(args.vcpus):
+        m.spawn(vcpu, name=f"vcpu{i}")
+    if not args.no_writer:
+        m.spawn(ager, name="lru_gen")
+    return m
+
+
+def run(args: argparse.Namespace, cm: Any, fused: bool) -> tuple[float, dict[str, Any]]:
+    m = build(args, fused)
+    roles = {i: "vcpu" for i in range(args.vcpus)}
+    if not args.no_writer:
+        roles[args.vcpus] = "aging"
+    d = TimedDriver(m, cm, roles=roles)
+    t0 = time.perf_counter()
+    r = d.run()
+    dt = time.perf_counter() - t0
+    out = r.to_dict()
+    out.pop("wall_s", None)
+    return dt, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vcpus", type=int, default=112)
+    ap.add_argument("--faults", type=int, default=2000, help="read cycles per vCPU")
+    ap.add_argument("--read-hold", type=int, default=31)
+    ap.add_argument("--read-gap", type=int, default=1400)
+    ap.add_argument("--write-hold", type=int, default=17)
+    ap.add_argument("--write-gap", type=int, default=180)
+    ap.add_argument("--no-writer", action="store_true",
+                    help="no aging thread: the lockless designs' traffic (readers only)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side; best kept")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    args = ap.parse_args(argv)
+    if min(args.vcpus, args.faults, args.repeat) < 1 or min(
+            args.read_hold, args.read_gap, args.write_hold, args.write_gap) < 0:
+        print("bench_lock_cycles: error: counts must be >= 1 and times >= 0",
+              file=sys.stderr)
+        return 2
+    pin = "not pinned (--no-pin)" if args.no_pin else pin_one_core()
+    cm = load_cost_model().with_labels({
+        "bench_read_hold": {"ns": args.read_hold, "rationale": "benchmark: see docstring"},
+        "bench_read_gap": {"ns": args.read_gap, "rationale": "benchmark: see docstring"},
+        "bench_write_hold": {"ns": args.write_hold, "rationale": "benchmark: see docstring"},
+        "bench_write_gap": {"ns": args.write_gap, "rationale": "benchmark: see docstring"}})
+    writers = 0 if args.no_writer else 1
+    cycles = (1 + writers) * args.vcpus * args.faults
+    print(f"== mmu_lock cycles: {args.vcpus} vCPUs x {args.faults} read cycles + "
+          f"{writers * args.vcpus * args.faults} write cycles ({cycles:,} cycles)")
+    print(f"python {platform.python_version()} on {platform.machine()}, {pin}, "
+          f"sim core {_native.MODE}")
+    best = {False: float("inf"), True: float("inf")}
+    res: dict[bool, dict[str, Any]] = {}
+    for _ in range(args.repeat):
+        for fused in (False, True):
+            dt, res[fused] = run(args, cm, fused)
+            best[fused] = min(best[fused], dt)
+    same = res[False] == res[True]
+    r = res[True]
+    lock = r["locks"]["kvm->mmu_lock"]
+    print(f"timed result of the two runs: {'identical' if same else 'DIFFERENT (a bug)'}; "
+          f"{r['steps']:,} steps, {lock['acquisitions']:,} acquisitions, "
+          f"{lock['contended']:,} contended, virtual end {r['end_ns'] / 1e6:.3f} ms")
+    for fused, name in ((False, "loop"), (True, "lock_cycles")):
+        per = best[fused] / cycles
+        full = per * (1 + writers) * FULL_FAULTS
+        print(f"{name:<12} {best[fused]:7.3f} s  {1e9 * per:7.0f} ns per cycle  "
+              f"{r['steps'] / best[fused]:>12,.0f} steps/s  -> lock traffic of -v 112 -b 1G "
+              f"({1 + writers} x {FULL_FAULTS / 1e6:.1f} M cycles): {full:6.0f} s")
+    print(f"lock_cycles / loop: {best[False] / best[True]:.2f}x faster")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""``lock_cycles``: n cycles of (acquire, hold, release, gap) in one yielded operation.
+
+The contract is that it *is* the loop that yields those operations: the executor runs
+the same steps in the same order, so the timed driver computes the same timeline,
+waits, fairness, costs and statistics, and the checker explores the same schedules and
+finds the same violations. Both are checked here against the loop written out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, fetch_add, load,
+                          lock_cycles, mutex_lock, mutex_unlock, nop, rcu_read_lock,
+                          rcu_read_unlock, read_lock, read_unlock, spin_lock, spin_unlock,
+                          store, write_lock, write_unlock)
+from youngsim.sim.costmodel import load_cost_model
+from youngsim.sim.explore import systematic
+from youngsim.sim.program import Program
+from youngsim.sim.timed import TimedDriver
+
+LABELS = {"h1": 40, "h2": 130, "g1": 25, "g2": 400, "a1": 9, "r1": 6}
+CM = load_cost_model().with_labels(
+    {lb: {"ns": ns, "rationale": "test"} for lb, ns in LABELS.items()})
+
+
+def _expanded(lock: Any, n: int, read: bool, hold: str | None, gap: str | None,
+              acquire: str | None, release: str | None) -> Any:
+    """The loop ``lock_cycles`` stands for, written out."""
+    for _ in range(n):
+        if read:
+            yield read_lock(lock, acquire)
+        elif lock.shared_ok:
+            yield write_lock(lock, acquire)
+        elif lock.sleeping:
+            yield mutex_lock(lock, acquire)
+        else:
+            yield spin_lock(lock, acquire)
+        if hold is not None:
+            yield nop(cost=hold)
+        if read:
+            yield read_unlock(lock, release)
+        elif lock.shared_ok:
+            yield write_unlock(lock, release)
+        elif lock.sleeping:
+            yield mutex_unlock(lock, release)
+        else:
+            yield spin_unlock(lock, release)
+        if gap is not None:
+            yield nop(cost=gap)
+
+
+# a segment of a thread: ("cycles", lock, n, read, hold, gap, acquire, release) or
+# ("touch", word index, label): a fetch_add on a shared word between cycle runs
+_label = st.sampled_from([None, "h1", "h2", "g1", "g2"])
+_cycles = st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 6), st.booleans(),
+                    _label, _label, st.sampled_from([None, "a1"]),
+                    st.sampled_from([None, "r1"]))
+_touch = st.tuples(st.just("touch"), st.integers(0, 3), st.sampled_from([None, "g1"]))
+_thread = st.lists(st.one_of(_cycles, _touch), min_size=1, max_size=4)
+_program = st.lists(_thread, min_size=1, max_size=5)
+
+
+def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool) -> None:
+    locks: list[Any] = [RWLock("rw"), SpinLock("spin"), Mutex("mutex")]
+    w = m.new_words("shared", 4)
+
+    def thread(segments: list[tuple[Any, ...]]) -> Any:
+        for seg in segments:
+            if seg[0] == "touch":
+                yield fetch_add(w, seg[1], 1, cost=seg[2])
+                continue
+            _, li, n, read, hold, gap, acq, rel = seg
+            lock = locks[li]
+            read = read and lock.shared_ok
+            if fused:
+                got = yield lock_cycles(lock, n, read=read, hold=hold, gap=gap,
+                                        acquire=acq, release=rel)
+                assert got is None
+            else:
+                yield from _expanded(lock, n, read, hold, gap, acq, rel)
+        yield load(w, 0)
+
+    for i, segments in enumerate(spec):
+        m.spawn(thread, segments, name=f"t{i}")
+
+
+def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = None
+           ) -> dict[str, Any]:
+    m = Machine()
+    _build(m, spec, fused)
+    roles = {i: ("vcpu" if i % 2 else "aging") for i in range(len(spec))}
+    r = TimedDriver(m, CM, roles=roles, sample_period_ns=period).run()
+    d = r.to_dict()
+    d.pop("wall_s", None)
+    return d
+
+
+@settings(max_examples=150, deadline=None)
+@given(_program, st.sampled_from([None, 37]))
+def test_timed_driver_sees_the_loop_it_stands_for(spec, period):
+    """Same timeline, lock waits and holds by holder, spinning and sleeping, per-label
+    counts and ns, CPU categories, contended atomics and profile samples."""
+    split = _timed(spec, False, period)
+    fused = _timed(spec, True, period)
+    if period is not None:  # the stacks differ by the loop's frame; the samples do not
+        ps, pf = split.pop("profile", None), fused.pop("profile", None)
+        assert _sample_count(ps) == _sample_count(pf)
+    assert fused == split
+
+
+def _sample_count(profile: Any) -> int:
+    if not profile:
+        return 0
+    return sum(n for _, n in profile)
+
+
+def _program_of(spec: list[list[tuple[Any, ...]]], fused: bool) -> Program:
+    return Program(f"cycles-{fused}", lambda m: _build(m, spec, fused), max_steps=400)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.one_of(
+    st.tuples(st.just("cycles"), st.integers(0, 1), st.integers(0, 2), st.booleans(),
+              _label, st.just(None), st.just(None), st.just(None)),
+    st.tuples(st.just("touch"), st.integers(0, 1), st.just(None))),
+    min_size=1, max_size=2), min_size=2, max_size=3))
+def test_checker_explores_the_same_schedules(spec):
+    """DPOR over the expanded loop and over ``lock_cycles`` covers the same number of
+    executions and steps: the operations and their footprints are the same."""
+    a = systematic(_program_of(spec, False), max_executions=3000)
+    b = systematic(_program_of(spec, True), max_executions=3000)
+    assert (b.status, b.executions, b.steps) == (a.status, a.executions, a.steps)
+
+
+def _run(build: Any) -> Machine:
+    m = Machine(trace=True)
+    build(m)
+    TimedDriver(m, CM).run()
+    return m
+
+
+def test_zero_cycles_resume_at_once_and_a_bad_count_is_a_model_error():
+    seen = []
+
+    def zero(m: Machine) -> None:
+        lk = RWLock("l")
+
+        def t():
+            seen.append((yield lock_cycles(lk, 0, hold="h1")))
+            yield nop(cost="g1")
+        m.spawn(t, name="t")
+    m = _run(zero)
+    assert m.violation is None and seen == [None]
+    assert [s.op.cost for s in m.trace] == ["g1"]
+
+    def negative(m: Machine) -> None:
+        lk = RWLock("l")
+
+        def t():
+            yield lock_cycles(lk, -1)
+        m.spawn(t, name="t")
+    m = _run(negative)
+    assert m.violation is not None and m.violation.kind == "model-error"
+    assert "lock_cycles(l, -1)" in m.violation.message
+
+    def not_a_lock(m: Machine) -> None:
+        w = m.new_words("w", 1)
+
+        def t():
+            yield _bad_cycles(w)
+        m.spawn(t, name="t")
+    m = _run(not_a_lock)
+    assert m.violation is not None and m.violation.kind == "model-error"
+
+
+def _bad_cycles(w: Any) -> Any:
+    op = lock_cycles(RWLock("l"), 1)
+    op.obj = w  # a malformed operation, as buggy model code could build by hand
+    return op
+
+
+def test_violations_inside_the_cycles_are_the_loops():
+    """Lock misuse, a mutex in atomic context and re-acquisition are reported at the
+    cycle operation that commits them, as they would be in the loop."""
+    def read_on_spinlock(m: Machine) -> None:
+        lk = SpinLock("s")
+
+        def t():
+            yield lock_cycles(lk, 2, read=True)
+        m.spawn(t, name="t")
+
+    def mutex_under_rcu(m: Machine) -> None:
+        mx, rcu = Mutex("mx"), RcuDomain("rcu")
+
+        def t():
+            yield rcu_read_lock(rcu)
+            yield lock_cycles(mx, 1)
+            yield rcu_read_unlock(rcu)
+        m.spawn(t, name="t")
+
+    def reacquire(m: Machine) -> None:
+        lk = RWLock("rw")
+
+        def t():
+            yield read_lock(lk)
+            yield lock_cycles(lk, 1)
+        m.spawn(t, name="t")
+
+    kinds = [_run(b).violation for b in (read_on_spinlock, mutex_under_rcu, reacquire)]
+    assert [v.kind if v else None for v in kinds] == ["lock-misuse", "sleep-in-atomic",
+                                                     "deadlock"]
+
+
+def test_the_trace_holds_the_loops_operations():
+    """A traced run records each cycle's operations, each with its own step."""
+    def build(fused: bool) -> Any:
+        def b(m: Machine) -> None:
+            lk = RWLock("rw")
+            w = m.new_words("w", 1)
+
+            def reader():
+                if fused:
+                    yield lock_cycles(lk, 3, read=True, hold="h1", gap="g1")
+                else:
+                    yield from _expanded(lk, 3, True, "h1", "g1", None, None)
+
+            def writer():
+                yield store(w, 0, 1)
+                if fused:
+                    yield lock_cycles(lk, 2, hold="h2", acquire="a1", release="r1")
+                else:
+                    yield from _expanded(lk, 2, False, "h2", None, "a1", "r1")
+            m.spawn(reader, name="r")
+            m.spawn(writer, name="w")
+        return b
+    traces = [[(s.tid, s.op.describe(), s.op.cost) for s in _run(build(f)).trace]
+              for f in (False, True)]
+    assert traces[0] == traces[1] and len(traces[0]) > 12

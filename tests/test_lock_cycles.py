@@ -30,25 +30,19 @@ CM = load_cost_model().with_labels(
 def _expanded(lock: Any, n: int, read: bool, hold: str | None, gap: str | None,
               acquire: str | None, release: str | None) -> Any:
     """The loop ``lock_cycles`` stands for, written out."""
+    if read:
+        take, drop = read_lock, read_unlock
+    elif lock.shared_ok:
+        take, drop = write_lock, write_unlock
+    elif lock.sleeping:
+        take, drop = mutex_lock, mutex_unlock
+    else:
+        take, drop = spin_lock, spin_unlock
     for _ in range(n):
-        if read:
-            yield read_lock(lock, acquire)
-        elif lock.shared_ok:
-            yield write_lock(lock, acquire)
-        elif lock.sleeping:
-            yield mutex_lock(lock, acquire)
-        else:
-            yield spin_lock(lock, acquire)
+        yield take(lock, acquire)
         if hold is not None:
             yield nop(cost=hold)
-        if read:
-            yield read_unlock(lock, release)
-        elif lock.shared_ok:
-            yield write_unlock(lock, release)
-        elif lock.sleeping:
-            yield mutex_unlock(lock, release)
-        else:
-            yield spin_unlock(lock, release)
+        yield drop(lock, release)
         if gap is not None:
             yield nop(cost=gap)
 
@@ -124,16 +118,61 @@ def _program_of(spec: list[list[tuple[Any, ...]]], fused: bool) -> Program:
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.lists(st.one_of(
-    st.tuples(st.just("cycles"), st.integers(0, 1), st.integers(0, 2), st.booleans(),
+    st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 2), st.booleans(),
               _label, st.just(None), st.just(None), st.just(None)),
     st.tuples(st.just("touch"), st.integers(0, 1), st.just(None))),
     min_size=1, max_size=2), min_size=2, max_size=3))
 def test_checker_explores_the_same_schedules(spec):
     """DPOR over the expanded loop and over ``lock_cycles`` covers the same number of
-    executions and steps: the operations and their footprints are the same."""
+    executions and steps, with the same verdict: the operations and their footprints
+    are the same."""
     a = systematic(_program_of(spec, False), max_executions=3000)
     b = systematic(_program_of(spec, True), max_executions=3000)
     assert (b.status, b.executions, b.steps) == (a.status, a.executions, a.steps)
+    va, vb = a.violation, b.violation
+    assert (vb and (vb.kind, vb.message), b.schedule) == (va and (va.kind, va.message),
+                                                          a.schedule)
+
+
+def test_a_checked_deadlock_is_found_inside_the_cycles():
+    """Two threads taking a spinlock and a mutex in opposite orders, the inner one by
+    ``lock_cycles``: the checker finds the ABBA deadlock, with the same schedule as
+    for the loop."""
+    def build(fused: bool) -> Any:
+        def b(m: Machine) -> None:
+            a, c = SpinLock("a"), SpinLock("c")
+
+            def t(first: Any, second: Any) -> Any:
+                yield spin_lock(first)
+                if fused:
+                    yield lock_cycles(second, 2, hold="h1")
+                else:
+                    yield from _expanded(second, 2, False, "h1", None, None, None)
+                yield spin_unlock(first)
+            m.spawn(t, a, c, name="t0")
+            m.spawn(t, c, a, name="t1")
+        return Program(f"abba-{fused}", b)
+    found = [systematic(build(f)) for f in (False, True)]
+    assert [r.violation.kind if r.violation else None for r in found] == ["deadlock"] * 2
+    assert found[0].schedule == found[1].schedule
+
+
+def test_each_lock_kind_gets_its_own_operations():
+    """The written-out loop above picks the operations as ``lock_cycles`` does; this
+    pins the choice itself: read side, write side, spinlock, sleeping mutex."""
+    from youngsim.sim import ops as O
+    got = {}
+    for name, lock, read in (("read", RWLock("rw"), True), ("write", RWLock("rw"), False),
+                             ("spin", SpinLock("s"), False), ("mutex", Mutex("m"), False)):
+        seq = lock_cycles(lock, 1, read=read, hold="h1", gap="g1").a
+        got[name] = [(op.kind, op.sleeps) for op in seq]
+    nop_k = (O.NOP, False)
+    assert got == {
+        "read": [(O.READ_LOCK, False), nop_k, (O.READ_UNLOCK, False), nop_k],
+        "write": [(O.WRITE_LOCK, False), nop_k, (O.WRITE_UNLOCK, False), nop_k],
+        "spin": [(O.LOCK, False), nop_k, (O.UNLOCK, False), nop_k],
+        "mutex": [(O.LOCK, True), nop_k, (O.UNLOCK, False), nop_k]}
+    assert [op.kind for op in lock_cycles(SpinLock("s"), 1).a] == [O.LOCK, O.UNLOCK]
 
 
 def _run(build: Any) -> Machine:
@@ -167,6 +206,14 @@ def test_zero_cycles_resume_at_once_and_a_bad_count_is_a_model_error():
     assert m.violation is not None and m.violation.kind == "model-error"
     assert "lock_cycles(l, -1)" in m.violation.message
 
+    def fractional(m: Machine) -> None:
+        def t():
+            yield lock_cycles(RWLock("l"), 2.5)  # type: ignore[arg-type]
+        m.spawn(t, name="t")
+    m = _run(fractional)
+    assert m.violation is not None and m.violation.kind == "exception"
+    assert "TypeError" in m.violation.message
+
     def not_a_lock(m: Machine) -> None:
         w = m.new_words("w", 1)
 
@@ -175,6 +222,35 @@ def test_zero_cycles_resume_at_once_and_a_bad_count_is_a_model_error():
         m.spawn(t, name="t")
     m = _run(not_a_lock)
     assert m.violation is not None and m.violation.kind == "model-error"
+
+    def no_operations(m: Machine) -> None:
+        def t():
+            op = lock_cycles(RWLock("l"), 3)
+            op.a = ()  # hand-built and empty
+            yield op
+        m.spawn(t, name="t")
+    m = _run(no_operations)
+    assert m.violation is not None and m.violation.kind == "model-error"
+
+
+def test_a_long_stream_of_empty_cycle_runs_does_not_recurse():
+    """A chunked walker yields a count per chunk, often 0 for long stretches: each
+    resumes the generator at once, in a loop (a recursion would overflow)."""
+    n = 20_000
+
+    def build(m: Machine) -> None:
+        lk = RWLock("l")
+
+        def t():
+            for i in range(n):
+                yield lock_cycles(lk, 1 if i == n - 1 else 0, read=True)
+            yield nop(cost="g1")
+        m.spawn(t, name="t")
+    m = Machine()
+    build(m)
+    r = TimedDriver(m, CM).run()
+    assert r.violation is None and r.steps == 3
+    assert r.locks["l"].acquisitions == 1
 
 
 def _bad_cycles(w: Any) -> Any:

@@ -384,47 +384,57 @@ class Machine:
     def _advance(self, t: Thread, value: Any) -> None:
         """Resume ``t`` with ``value`` and make its next yielded operation pending. Sets
         the running thread first: a spawn or call_rcu in the step just executed may have
-        advanced another thread."""
+        advanced another thread. A ``lock_cycles`` of zero cycles resumes the thread
+        again at once (a loop, not a recursion: a walker may yield thousands in a row)."""
         self.current = t
-        try:
-            nxt = t.send(value)
-        except Exception as e:
-            self._advance_failed(t, e)
+        while True:
+            try:
+                nxt = t.send(value)
+            except Exception as e:
+                self._advance_failed(t, e)
+                return
+            if type(nxt) is not Op:
+                self._bad_yield(t, nxt)
+                return
+            op = nxt
+            obj = op.obj
+            if obj is not None and obj.oid is None:
+                obj.oid = self._next_oid
+                self._next_oid += 1
+            if self.tracing:
+                t.loc = _location(t.gen)
+            if op.kind == _LOCK_CYCLES:
+                if self._start_cycles(t, op):
+                    value = None
+                    continue
+                return
+            if op.sleeps and t.atomic:
+                self._sleep_in_atomic(t, op)
+            t.pending = op
             return
-        if type(nxt) is not Op:
-            self._bad_yield(t, nxt)
-            return
-        op = nxt
-        obj = op.obj
-        if obj is not None and obj.oid is None:
-            obj.oid = self._next_oid
-            self._next_oid += 1
-        if self.tracing:
-            t.loc = _location(t.gen)
-        if op.kind == _LOCK_CYCLES:
-            self._start_cycles(t, op)
-            return
-        if op.sleeps and t.atomic:
-            self._sleep_in_atomic(t, op)
-        t.pending = op
 
     # -- lock_cycles: run as its operations, without resuming the generator between ------
-    def _start_cycles(self, t: Thread, op: Op) -> None:
+    def _start_cycles(self, t: Thread, op: Op) -> bool:
+        """Make the first operation of a ``lock_cycles`` pending; True if it has no
+        cycles (the caller resumes the generator)."""
         n = op.b
         seq = op.a
-        if not isinstance(n, int) or n < 0 or not isinstance(op.obj, Lock):
+        if (type(n) is not int or n < 0 or not isinstance(op.obj, Lock)
+                or type(seq) is not tuple or not seq
+                or any(type(x) is not Op for x in seq)):
             self.violation = Violation(
-                "model-error", f"thread {t.name}: {op.describe()}: needs a lock and a"
-                " cycle count >= 0", t.tid)
+                "model-error", f"thread {t.name}: {op.describe()}: needs a lock, its"
+                " operations and a cycle count >= 0", t.tid)
+            t.pending = NO_OP
             t.done = True
-            return
+            return False
         if n == 0:
-            self._advance(t, None)
-            return
+            return True
         t.cyc = seq
         t.cyc_left = n
         t.cyc_j = 0
         self._set_cycle_op(t, seq[0])
+        return False
 
     def _next_cycle_op(self, t: Thread) -> None:
         """The pending operation of a ``lock_cycles`` has run: make the next one pending,

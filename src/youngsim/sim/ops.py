@@ -20,6 +20,7 @@ their domain (readers never exclude each other), while grace-period operations w
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class Op:
     def describe(self) -> str:
         """Human-readable form for step tables: ``cas(spt[3], 0x1, 0x0)``."""
         if self.kind == LOCK_CYCLES:
-            return f"lock_cycles({self.obj.name}, {self.b})"
+            return f"lock_cycles({getattr(self.obj, 'name', self.obj)}, {self.b!r})"
         name = KIND_NAMES[self.kind]
         if self.kind in (LOAD, STORE, CAS, XCHG, FETCH_AND, FETCH_OR, FETCH_ADD, WAIT):
             where = f"{self.obj.name}[{self.lo}]"
@@ -359,7 +360,9 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     ``read``: an rwlock's read side; else the lock exclusively (``write_lock`` on an
     rwlock, ``spin_lock`` on a spinlock, ``mutex_lock`` on a sleeping lock). ``acquire``
     and ``release`` label the lock operations; a ``hold`` or ``gap`` of None leaves that
-    ``nop`` out.
+    ``nop`` out. ``n`` must be an integer (a float is a TypeError, as ``range``'s);
+    a negative ``n`` is the machine's ``model-error`` (a count gone wrong), not zero
+    cycles.
 
     The executor runs it as exactly those operations, one step each, without resuming
     the generator between them (``Machine._next_cycle_op``): both drivers see, charge
@@ -381,7 +384,7 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     seq.append(rel)
     if gap is not None:
         seq.append(nop(cost=gap))
-    return _op(LOCK_CYCLES, lock, 0, 1, True, tuple(seq), int(n), None, False)
+    return _op(LOCK_CYCLES, lock, 0, 1, True, tuple(seq), operator.index(n), None, False)
 
 
 # --- RCU ------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ simulated: they compare designs, they are not predictions for a 1 GiB-per-vCPU r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 
 import numpy as np
 
@@ -348,7 +348,7 @@ class PerfResult(ScenarioResult):
     bench: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     #: measured values the model recorded (``System.sample``): fault latencies, ...
-    samples: dict[str, list[int]] = field(default_factory=dict)
+    samples: dict[str, Sequence[int]] = field(default_factory=dict)
 
     def render(self) -> str:
         return render(self)
@@ -399,7 +399,7 @@ def run_access_tracking(cfg: Config, cost_model: CostModel | None = None) -> Per
                  "lru_gen_pass_ns": passes}
 
     res = PerfResult(cfg, r.cost_model, phases, checks, r, bench,
-                     samples={k: list(v) for k, v in h.sys.samples.items()})
+                     samples=dict(h.sys.samples))
     res.data = _to_dict(res)
     return res
 

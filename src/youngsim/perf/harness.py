@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Protocol
+from typing import Any, Callable, Generator, Protocol, Sequence
 
 import numpy as np
 
@@ -208,15 +208,15 @@ def fmt_s(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
 
 
-def fault_latency_percentiles(lat: list[int]) -> dict[str, Any]:
+def fault_latency_percentiles(lat: Sequence[int]) -> dict[str, Any]:
     """p50, p99 and p99.9 of the fault latencies (nearest rank), in virtual ns."""
-    if not lat:
+    if not len(lat):
         return {"fault_latency_p50_ns": None, "fault_latency_p99_ns": None,
                 "fault_latency_p999_ns": None}
-    xs = sorted(lat)
+    xs = np.sort(np.asarray(lat, dtype=np.int64))
 
     def rank(q: float) -> int:
-        return xs[min(len(xs) - 1, max(0, int(np.ceil(q * len(xs))) - 1))]
+        return int(xs[min(len(xs) - 1, max(0, int(np.ceil(q * len(xs))) - 1))])
 
     return {"fault_latency_p50_ns": rank(0.50), "fault_latency_p99_ns": rank(0.99),
             "fault_latency_p999_ns": rank(0.999)}
@@ -252,7 +252,7 @@ def aging_figures(counters: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def common_figures(r: TimedResult, samples: dict[str, list[int]]) -> dict[str, Any]:
+def common_figures(r: TimedResult, samples: dict[str, Sequence[int]]) -> dict[str, Any]:
     """The figures every timed run reports, for its JSON."""
     by_role: dict[str, dict[str, int]] = {}
     for t in r.threads:

@@ -33,7 +33,7 @@ Synchronisation, time stamps and the harness's zero-cost labels are as in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 
 import numpy as np
 
@@ -189,7 +189,7 @@ class MgmResult(ScenarioResult):
     checks: list[Check]
     timed: TimedResult
     data: dict[str, Any] = field(default_factory=dict)
-    samples: dict[str, list[int]] = field(default_factory=dict)
+    samples: dict[str, Sequence[int]] = field(default_factory=dict)
 
     def render(self) -> str:
         return render(self)
@@ -213,7 +213,7 @@ def run_max_guest_memory(cfg: Config, cost_model: CostModel | None = None) -> Mg
         steps[step] = max(e for e in ends if e is not None) - kick
     checks = list(h.checks) + run_checks(r, len(steps), len(STEPS))
     res = MgmResult(cfg, r.cost_model, steps, checks, r,
-                    samples={k: list(v) for k, v in h.sys.samples.items()})
+                    samples=dict(h.sys.samples))
     res.data = _to_dict(res, h)
     return res
 

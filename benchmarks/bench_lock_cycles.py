@@ -2,7 +2,8 @@
 yielded one operation at a time and as ``lock_cycles``.
 
 Run as ``python3 benchmarks/bench_lock_cycles.py``. Prints plain text; never fails the
-process on a figure (speed depends on the machine).
+process on a figure (speed depends on the machine); exits 1 only if the two ways' timed
+results differ, which would be a bug.
 
 The model: ``--vcpus`` threads each take ``kvm->mmu_lock`` for read ``--faults`` times
 (one EPT violation each: the lock held ``--read-hold`` ns, then ``--read-gap`` ns of the
@@ -10,10 +11,11 @@ rest of the fault and the guest), while one aging thread takes it for write once
 page, ``--vcpus x --faults`` times (``upstream-6.12``'s per-page locked
 ``kvm_age_gfn``: held ``--write-hold`` ns, ``--write-gap`` ns between pages), under the
 default cost model's lock costs (lock-word surcharge, qrwlock fairness, spinning
-waiters). The default hold and gap times are the ones measured in
-``youngsim run access_tracking_perf_test -p -v 112 -b 2M --design upstream-6.12 --mmu
-x86-tdp`` (vCPU read hold mean 31 ns and about 1.4 us of host time per fault; aging
-write hold mean 17 ns, a 10.2 ms pass over 57,344 pages: about 180 ns a page).
+waiters). The default hold and gap times come from ``youngsim run
+access_tracking_perf_test -p -v 112 -b 2M --mmu x86-tdp``: with ``--design
+upstream-6.12``, vCPU read hold mean 31 ns, aging write hold mean 17 ns and a 10.2 ms
+pass over 57,344 pages (about 180 ns a page); with ``--design upstream``, whose faults
+never wait for the lock, 1385 ns of host time per fault (the gap, rounded).
 
 Both runs must give the same timed result (checked: the whole ``TimedResult`` apart from
 wall time), so the comparison is of the same simulation:

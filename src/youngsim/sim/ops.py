@@ -368,8 +368,9 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     the generator between them (``Machine._next_cycle_op``): both drivers see, charge
     and interleave the same steps as a loop yielding them, so the checker explores the
     same schedules and the timed driver computes the same waits, fairness and costs.
-    What it saves is the model code's round trip per operation: the per-page lock
-    traffic of a chunked walker or fault stream (docs/timed.md, "Lock cycles")."""
+    What it saves is the model code's round trip per operation, for the per-page lock
+    traffic of a chunked walker or fault stream (docs/timed.md, the full-scale plan's
+    step 3)."""
     if read:
         acq, rel = read_lock(lock, acquire), read_unlock(lock, release)
     elif lock.shared_ok:

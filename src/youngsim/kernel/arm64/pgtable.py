@@ -84,7 +84,7 @@ from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_rea
                     vcas, vload, vstore, vupdate, vxchg, xchg)
 from ...sim.vec import bits_set, clear_where_set
 from ..hw.tables import TwoLevelTables
-from ..kvm.arch import all_set, should_clear_chunk
+from ..kvm.arch import all_set, clears_every_young, should_clear_chunk
 
 if TYPE_CHECKING:
     from ..system import System
@@ -492,7 +492,7 @@ class Stage2Pgtable(TwoLevelTables):
             return 0
 
         fused = None
-        if mkold and (should_clear is None or getattr(should_clear, "clears_young", False)):
+        if mkold and clears_every_young(should_clear):
             # in run mode: read, test and clear each chunk with one vupdate
             def visited(got: tuple[np.ndarray | None, int], first: int) -> int:
                 nonlocal young

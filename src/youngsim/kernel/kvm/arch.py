@@ -103,6 +103,13 @@ def all_set(n: int) -> np.ndarray:
     return mask
 
 
+def clears_every_young(should_clear: Any) -> bool:
+    """May an aging walk clear every young page of a chunk before it asks
+    ``should_clear``? Yes with no predicate, or with one that says it clears them all
+    (``clears_young``: no bitmap); the walker then still asks it, for what it records."""
+    return should_clear is None or bool(getattr(should_clear, "clears_young", False))
+
+
 def should_clear_chunk(should_clear: Any, first: int, young: np.ndarray) -> np.ndarray:
     """``should_clear`` asked for every young page of a chunk (gfn ``first + k`` where
     ``young[k]``), in gfn order; its ``chunk(first, young)`` answers at once if it has

@@ -31,7 +31,7 @@ import numpy as np
 from ...sim import (Op, alloc, call_rcu, cas, free, load, rcu_read_lock, rcu_read_unlock,
                     store, vfetch_and, vload, vstore, vupdate, vxchg, xchg)
 from ...sim.vec import bits_set
-from ..kvm.arch import all_set, should_clear_chunk
+from ..kvm.arch import all_set, clears_every_young, should_clear_chunk
 from .ept import EptTables, ept_walk
 from . import spte as S
 from . import spte_vec as V
@@ -323,7 +323,7 @@ class TdpMmu(EptTables):
         # a run-mode walk (chunks of several leaf tables) that clears every young page:
         # each chunk's read, test and clear is one vupdate
         fuse = (self.fuse and not test_only and self.chunk // self.leaf_entries > 1
-                and (should_clear is None or getattr(should_clear, "clears_young", False)))
+                and clears_every_young(should_clear))
         for clo, chi in range_chunks(lo, hi, chunk or self.chunk):
             if fuse:
                 acc, ad, n, n_ad, idx, noad = yield vupdate(

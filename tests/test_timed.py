@@ -437,6 +437,37 @@ def test_vupdate_costs_what_the_load_atomic_and_store_it_replaces_cost():
     assert a == b
 
 
+def test_the_driver_charges_a_vector_op_what_the_cost_model_says_it_costs():
+    """``CostModel.op_cost`` (``vector_elements``) and the driver's own count of a
+    vector operation's words (``TimedDriver._vector``, kept apart for the compiled
+    core's hot loop) agree: all words, a selection, a ``vupdate``'s read."""
+    cm = load_cost_model().with_labels({
+        "rd": {"ns": 3, "per_element_ns": 2, "vector_base_ns": 5, "rationale": "test"},
+        "at": {"ns": 7, "per_element_ns": 7, "vector_base_ns": 10, "rationale": "test"},
+        "st": {"ns": 1, "per_element_ns": 1, "vector_base_ns": 4, "rationale": "test"},
+        "up": {"ns": 2, "per_element_ns": 3, "vector_base_ns": 6, "rationale": "test"},
+        "at2": {"ns": 5, "per_element_ns": 5, "rationale": "test"},
+        "st2": {"ns": 1, "per_element_ns": 1, "rationale": "test"}})
+    m = Machine()
+    w = m.new_words("w", 64)
+    sel = np.zeros(64, dtype=bool)
+    sel[::5] = True
+    ops = [vload(w, 0, 64, cost="rd"), vfetch_and(w, 8, 40, ~1, cost="at"),
+           vstore(w, 0, np.arange(64, dtype=np.uint64), select=sel, cost="st"),
+           vupdate(w, 0, 64, _flip_low_bit, cost="up", atomic_cost="at2",
+                   store_cost="st2")]
+
+    def t():
+        for op in ops:
+            yield op
+    m.spawn(t, name="t")
+    r = run_timed(m, cm)
+    assert r.violation is None and not r.unknown_labels
+    for op in ops:
+        assert r.label_ns[op.cost] == int(cm.op_cost(op) + 0.5), op.cost
+    assert r.label_ns["st"] == 4 + 13  # 13 selected words: the selection is counted
+
+
 def test_vupdate_writes_are_charged_even_when_the_code_after_it_fails():
     """The words are written when the operation runs: a failure of the model code that
     follows it in the same step (a contract, say) does not make them free."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, fetch_add, load,
                           lock_cycles, mutex_lock, mutex_unlock, nop, rcu_read_lock,
                           rcu_read_unlock, read_lock, read_unlock, spin_lock, spin_unlock,
-                          store, write_lock, write_unlock)
+                          store, synchronize_rcu, write_lock, write_unlock)
 from youngsim.sim.costmodel import load_cost_model
 from youngsim.sim.explore import systematic
 from youngsim.sim.program import Program
@@ -54,56 +54,160 @@ _cycles = st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 6), st.
                     _label, _label, st.sampled_from([None, "a1"]),
                     st.sampled_from([None, "r1"]))
 _touch = st.tuples(st.just("touch"), st.integers(0, 3), st.sampled_from([None, "g1"]))
-_thread = st.lists(st.one_of(_cycles, _touch), min_size=1, max_size=4)
+# ("rcu", cycles): cycles inside an RCU read section of the domain spinning locks also
+# hold up
+_thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles)),
+                   min_size=1, max_size=4)
 _program = st.lists(_thread, min_size=1, max_size=5)
 
 
-def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool) -> None:
+def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
+           sched: bool = False) -> list[Any]:
+    """``sched``: spinning locks hold up an RCU domain (``Machine.use_rcu_sched``, as
+    the kernel model's ``System`` does), and one more thread waits for its grace
+    periods while the others cycle."""
     locks: list[Any] = [RWLock("rw"), SpinLock("spin"), Mutex("mutex")]
     w = m.new_words("shared", 4)
+    dom = RcuDomain("rcu")
+    if sched:
+        m.use_rcu_sched(dom)
+
+    def cycles(seg: tuple[Any, ...]) -> Any:
+        _, li, n, read, hold, gap, acq, rel = seg
+        lock = locks[li]
+        read = read and lock.shared_ok
+        if fused:
+            got = yield lock_cycles(lock, n, read=read, hold=hold, gap=gap,
+                                    acquire=acq, release=rel)
+            assert got is None
+        else:
+            yield from _expanded(lock, n, read, hold, gap, acq, rel)
 
     def thread(segments: list[tuple[Any, ...]]) -> Any:
         for seg in segments:
             if seg[0] == "touch":
                 yield fetch_add(w, seg[1], 1, cost=seg[2])
-                continue
-            _, li, n, read, hold, gap, acq, rel = seg
-            lock = locks[li]
-            read = read and lock.shared_ok
-            if fused:
-                got = yield lock_cycles(lock, n, read=read, hold=hold, gap=gap,
-                                        acquire=acq, release=rel)
-                assert got is None
+            elif seg[0] == "rcu":
+                if locks[seg[1][1]].sleeping:
+                    continue  # a mutex inside an RCU read section is a bug of its own
+                yield rcu_read_lock(dom)
+                yield from cycles(seg[1])
+                yield rcu_read_unlock(dom)
             else:
-                yield from _expanded(lock, n, read, hold, gap, acq, rel)
+                yield from cycles(seg)
         yield load(w, 0)
+
+    def gp() -> Any:
+        for _ in range(3):
+            yield nop(cost="g2")
+            yield synchronize_rcu(dom)
 
     for i, segments in enumerate(spec):
         m.spawn(thread, segments, name=f"t{i}")
+    if sched:
+        m.spawn(gp, name="gp")
+    return locks
 
 
-def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = None
+def _machine_state(m: Machine, locks: list[Any]) -> dict[str, Any]:
+    """What the executor keeps that a ``TimedResult`` does not show: step counts per
+    thread, the locks' own counters and holders, the RCU-sched read sections."""
+    rs = m.rcu_sched
+    return {
+        "nsteps": m.nsteps,
+        "threads": [(t.steps, t.done, t.atomic, t.readers, t.cyc_left, t.cyc_j,
+                     [(lk.name, md) for lk, md in t.locks]) for t in m.threads],
+        "locks": [(lk.acquisitions, lk.contended, lk.owner, dict(lk.readers),
+                   list(lk.queue)) for lk in locks],
+        "rcu_sched": None if rs is None else (dict(rs.depth), dict(rs.section),
+                                              rs.grace_periods),
+    }
+
+
+def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = None,
+           engine: bool = True, sched: bool = False, state: bool = False
            ) -> dict[str, Any]:
     m = Machine()
-    _build(m, spec, fused)
+    locks = _build(m, spec, fused, sched)
     roles = {i: ("vcpu" if i % 2 else "aging") for i in range(len(spec))}
-    r = TimedDriver(m, CM, roles=roles, sample_period_ns=period).run()
-    d = r.to_dict()
-    d.pop("wall_s", None)
-    return d
+    d = TimedDriver(m, CM, roles=roles, sample_period_ns=period, cycle_engine=engine)
+    r = d.run()
+    out = r.to_dict()
+    out.pop("wall_s", None)
+    if state:
+        out["machine"] = _machine_state(m, locks)
+    if fused and engine:
+        _ENGINE_STEPS[0] += d.engine_steps
+        _ENGINE_STEPS[1] += r.steps
+    return out
+
+
+_ENGINE_STEPS = [0, 0]  # steps the cycle engine took, all steps (fused runs)
 
 
 @settings(max_examples=150, deadline=None)
-@given(_program, st.sampled_from([None, 37]))
-def test_timed_driver_sees_the_loop_it_stands_for(spec, period):
+@given(_program, st.sampled_from([None, 37]), st.booleans())
+def test_timed_driver_sees_the_loop_it_stands_for(spec, period, sched):
     """Same timeline, lock waits and holds by holder, spinning and sleeping, per-label
-    counts and ns, CPU categories, contended atomics and profile samples."""
-    split = _timed(spec, False, period)
-    fused = _timed(spec, True, period)
+    counts and ns, CPU categories, contended atomics and profile samples; with the
+    cycle engine (``sim/cycles.py``) stepping the cycles where it may, and without."""
+    split = _timed(spec, False, period, sched=sched)
+    plain = _timed(spec, True, period, engine=False, sched=sched)
+    fused = _timed(spec, True, period, sched=sched)
     if period is not None:  # the stacks differ by the loop's frame; the samples do not
         ps, pf = split.pop("profile", None), fused.pop("profile", None)
         assert _sample_count(ps) == _sample_count(pf)
+        plain.pop("profile", None)
+    assert plain == fused
     assert fused == split
+
+
+def test_the_property_test_exercised_the_cycle_engine():
+    """The comparison above is only worth something if the engine takes over: the same
+    comparison over fixed programs with longer runs of cycles, where the engine must
+    do most of the steps (no sampling, so nothing keeps it out)."""
+    before = _ENGINE_STEPS[:]
+    progs = [
+        [[("cycles", 0, 40, True, "h1", "g1", "a1", None)] * 3,
+         [("cycles", 0, 40, False, "h2", "g2", None, "r1"), ("touch", 1, None)],
+         [("rcu", ("cycles", 1, 30, False, "h1", "g1", None, None))],
+         [("cycles", 0, 40, True, None, "g1", None, None)]],
+        [[("cycles", 1, 40, False, "h1", None, None, None)] * 2] * 4,
+    ]
+    for spec in progs:
+        for sched in (False, True):
+            with_engine = _timed(spec, True, sched=sched, state=True)
+            assert with_engine == _timed(spec, True, sched=sched, state=True, engine=False)
+            with_engine.pop("machine")
+            assert with_engine == _timed(spec, False, sched=sched)
+    engine, total = (a - b for a, b in zip(_ENGINE_STEPS, before))
+    assert engine > total // 2, (engine, total)
+
+
+def test_the_cycle_engine_stops_where_a_run_is_cut():
+    """``run(max_steps=...)`` and ``run(until_ns=...)`` stop inside the engine's stretch
+    exactly where the driver alone stops: the same partial results at every cut."""
+    spec = [[("cycles", 0, 30, True, "h1", "g1", None, None)]] * 3 + [
+        [("cycles", 0, 30, False, "h2", "g1", None, None)]]
+
+    def cuts(engine: bool, how: str) -> list[dict[str, Any]]:
+        m = Machine()
+        locks = _build(m, spec, True)
+        d = TimedDriver(m, CM, cycle_engine=engine)
+        out = []
+        for i in range(1, 200):
+            r = d.run(max_steps=37) if how == "steps" else d.run(until_ns=i * 700)
+            x = r.to_dict()
+            x.pop("wall_s", None)
+            x["machine"] = _machine_state(m, locks)
+            out.append(x)
+            if r.stopped == "done":
+                break
+        assert (d.engine_steps > 0) == engine
+        return out
+
+    for how in ("steps", "until"):
+        assert cuts(True, how) == cuts(False, how)
 
 
 def _sample_count(profile: Any) -> int:

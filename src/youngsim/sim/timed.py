@@ -77,7 +77,7 @@ from typing import Any, Final, Sequence
 import numpy as np
 
 from . import ops as O
-from . import vec
+from . import cycles, vec
 from .costmodel import SLEEP, SPIN, CostModel, load_cost_model
 from .machine import Machine, Violation
 from .profile import SPIN_LEAF, WAIT_LEAF, Profile, generator_stack
@@ -289,6 +289,28 @@ class Dist:
 
 _MODES = ("excl", "read", "write")
 _FOLD: Final = 1 << 16  # lock events buffered before they are folded into histograms
+#: after the cycle engine refused to take over, driver steps before it is asked again (a
+#: refusal costs a Python-level check; the results do not depend on when it is asked)
+_ENGINE_BACKOFF: Final = 64
+
+
+def _fold_into(dur: np.ndarray, who: np.ndarray, into: dict[int, Dist]) -> None:
+    """Add each duration to the distribution of its holder (``tid * 4 + mode``): one
+    stable sort by holder, then one ``add_many`` per holder's run."""
+    if not len(dur):
+        return
+    order = np.argsort(who, kind="stable")
+    ws = who[order]
+    ds = dur[order]
+    cuts = np.flatnonzero(ws[1:] != ws[:-1]) + 1
+    starts = [0] + cuts.tolist()
+    ends = cuts.tolist() + [len(ws)]
+    for a, b in zip(starts, ends):
+        x = int(ws[a])
+        dist = into.get(x)
+        if dist is None:
+            dist = into[x] = Dist()
+        dist.add_many(ds[a:b])
 
 
 class _LockStats:
@@ -328,15 +350,16 @@ class _LockStats:
                            (self.hold_d, self.hold_w, self.hold)):
             if not d:
                 continue
-            dur = np.array(d, dtype=np.int64)
-            who = np.array(w, dtype=np.int64)
-            for x in np.unique(who).tolist():
-                dist = into.get(x)
-                if dist is None:
-                    dist = into[x] = Dist()
-                dist.add_many(dur[who == x])
+            _fold_into(np.array(d, dtype=np.int64), np.array(w, dtype=np.int64), into)
             del d[:]
             del w[:]
+
+    def fold_arrays(self, wait_d: np.ndarray, wait_w: np.ndarray, hold_d: np.ndarray,
+                    hold_w: np.ndarray) -> None:
+        """Fold events recorded in arrays (the cycle engine's) straight into the
+        histograms: a distribution does not depend on the order of its samples."""
+        _fold_into(wait_d, wait_w, self.wait)
+        _fold_into(hold_d, hold_w, self.hold)
 
     def by_role(self, which: dict[int, Dist], roles: list[str]) -> dict[str, Dist]:
         out: dict[str, Dist] = {}
@@ -516,7 +539,7 @@ class TimedDriver:
 
     def __init__(self, target: Program | Machine, cost_model: CostModel | None = None,
                  sample_period_ns: int | None = None,
-                 roles: dict[int, str] | None = None) -> None:
+                 roles: dict[int, str] | None = None, cycle_engine: bool = True) -> None:
         if isinstance(target, Program):
             self.m = target.build()
             self.key = target.key
@@ -583,6 +606,12 @@ class TimedDriver:
         self.wall_s = 0.0
         self._started = False
         self._all_daemon = False
+        #: step ``lock_cycles`` traffic in the compiled cycle engine (``sim/cycles.py``)
+        #: where it may; the results are the same either way
+        self.cycle_engine = cycle_engine
+        #: steps the cycle engine took (included in ``steps``)
+        self.engine_steps = 0
+        self._engine_retry = 0  # after a refusal, the driver's step count to retry at
 
     def _info(self, ns: float, per: float, vbase: float, cat: str | None, batch: bool,
               unknown: bool) -> _Cost:
@@ -836,6 +865,7 @@ class TimedDriver:
         if rcu_sched is not None and rcu_sched.oid is not None:
             rs_oid = rcu_sched.oid
         all_daemon = self._all_daemon
+        engine = self.cycle_engine and not period and not m.tracing
         # an int either way (virtual time never reaches 2**62 ns, 146 years), so that
         # compiled, the loop's time comparisons are machine-integer ones
         limit = until_ns if until_ns is not None else 1 << 62
@@ -862,6 +892,13 @@ class TimedDriver:
                         break
                     tid = rq.pop()
                 t = threads[tid]
+                if t.cyc is not None and engine and self._steps + steps >= self._engine_retry:
+                    n = cycles.hand_over(self, tid, now, limit,
+                                         budget - steps if budget >= 0 else -1)
+                    if n:
+                        steps += n
+                        continue
+                    self._engine_retry = self._steps + steps + _ENGINE_BACKOFF
                 op = t.pending
                 k = op.kind
                 # a woken lock or grace-period waiter stays enabled (only the queue head

@@ -1,0 +1,622 @@
+"""The cycle engine: ``lock_cycles`` traffic on one lock, stepped in compiled code.
+
+``ops.lock_cycles`` is one yielded operation that the executor runs as the loop it
+stands for (acquire, hold, release, gap, n times), one driver step per operation. With
+112 threads that costs about 1 us a step in the driver and executor (docs/timed.md,
+plan step 3), which at full scale is most of the time budget before any model code
+runs. This module runs the same steps, by the same rules, without a Python-level
+step each:
+
+- ``run`` (numba) is the timed driver's event loop restricted to threads whose pending
+  operation is part of a ``lock_cycles`` on one lock ``L``: the ready queue in
+  ``(time, sequence)`` order, the lock's request/grant/release with FIFO waiters and
+  queued-rwlock fairness (only the queue head is granted; a reader behind a waiting
+  writer waits), the wakeup handoff, the lock-word surcharge, CPU-time categories,
+  per-label counts and ns, and the lock's wait and hold samples by holder.
+- ``hand_over`` (plain Python) is called by ``TimedDriver._loop`` when the thread it is
+  about to step has such an operation pending. It checks that the engine may run,
+  copies the state the loop needs into arrays, calls ``run``, and writes the result
+  back into the driver's, the machine's and the lock's objects, exactly as the steps
+  would have left them.
+
+The engine stops *before* any event it cannot take: the first ready event of a thread
+that is not cycling on ``L`` (so the rest of the model runs where it always does), a
+thread's last operation of its last cycle (after it the generator resumes), the run's
+``until``/``max_steps`` limits, and a full sample buffer. It is entered only when
+nothing it does can concern a thread outside it: no sampling, tracing or invariant
+checked on every step; ``L`` spinning (not a mutex); every waiter in ``L``'s queue
+cycling; nobody waiting for the RCU-sched grace period that spinning locks hold up;
+every label known to the cost model and none starting a TLB-flush batch; and each
+cycling thread holding ``L`` exactly as its position in the cycle says.
+
+The contract (``tests/test_lock_cycles.py``): a run with the engine gives the same
+``TimedResult`` as without it, apart from wall time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from . import ops as O
+from .sync import READ
+
+# an operation of a cycle, as the engine classes it
+NOP = 0
+ACQ = 1
+REL = 2
+GRANT = 3
+
+# indices of the scalar state array ``st``
+S_OWNER, S_NREADERS, S_LW_TID, S_LW_TIME, S_LK_ACQ, S_LK_CONT, S_LS_ACQ, S_LS_CONT, \
+    S_SPIN, S_SLEEP, S_CONTENDED, S_STEPS, S_NOW, S_SEQ, S_QHEAD, S_QLEN, S_HN, S_NW, \
+    S_NH = range(19)
+NSTATE = 19
+
+# why ``run`` returned
+STOP_HORIZON = 0  # the next event is another thread's (or nothing is ready)
+STOP_FINAL = 1  # the next event is a thread's last cycle operation
+STOP_LIMIT = 2  # until_ns or max_steps
+STOP_FULL = 3  # the sample buffers are full
+
+#: events one hand-over may record before returning (the wait and hold samples are
+#: buffered in arrays of this size, then appended to the driver's lists)
+BUFFER = 1 << 16
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _less(t0: int, s0: int, t1: int, s1: int) -> bool:
+    return t0 < t1 or (t0 == t1 and s0 < s1)
+
+
+@njit(cache=True, nogil=True)
+def _push(ht: Any, hs: Any, hid: Any, st: Any, t: int, tid: int) -> None:
+    s = st[S_SEQ]
+    st[S_SEQ] = s + 1
+    i = st[S_HN]
+    st[S_HN] = i + 1
+    while i > 0:
+        p = (i - 1) >> 1
+        if _less(t, s, ht[p], hs[p]):
+            ht[i] = ht[p]
+            hs[i] = hs[p]
+            hid[i] = hid[p]
+            i = p
+        else:
+            break
+    ht[i] = t
+    hs[i] = s
+    hid[i] = tid
+
+
+@njit(cache=True, nogil=True)
+def _pop(ht: Any, hs: Any, hid: Any, st: Any) -> None:
+    n = st[S_HN] - 1
+    st[S_HN] = n
+    if n == 0:
+        return
+    t, s, tid = ht[n], hs[n], hid[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _less(ht[c + 1], hs[c + 1], ht[c], hs[c]):
+            c += 1
+        if _less(ht[c], hs[c], t, s):
+            ht[i] = ht[c]
+            hs[i] = hs[c]
+            hid[i] = hid[c]
+            i = c
+        else:
+            break
+    ht[i] = t
+    hs[i] = s
+    hid[i] = tid
+
+
+@njit(cache=True, nogil=True)
+def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
+        pos: Any, left: Any, nops: Any, opk: Any, opc: Any, opcid: Any, oplab: Any,
+        gc: Any, gcid: Any, glab: Any, mode: Any, who: Any, clk: Any, parked: Any,
+        pcid: Any, phand: Any, pspin: Any, grantp: Any, held_t: Any, req_t: Any,
+        takes: Any, tsteps: Any, rdcnt: Any, cat: Any, lcnt: Any, ltot: Any,
+        wait_d: Any, wait_w: Any, hold_d: Any, hold_w: Any,
+        hz_t: int, hz_s: int, limit: int, budget: int, window: int,
+        surcharge: int) -> int:
+    """Step the cycling threads in time order until a stop (module docstring). All
+    state is in the arrays, updated in place; returns the ``STOP_*`` reason."""
+    qcap = len(qtid)
+    while True:
+        if st[S_HN] == 0:
+            return STOP_HORIZON
+        now = ht[0]
+        tid = hid[0]
+        if not _less(now, hs[0], hz_t, hz_s):
+            return STOP_HORIZON
+        if now >= limit or st[S_STEPS] == budget:
+            return STOP_LIMIT
+        j = pos[tid]
+        g = grantp[tid]
+        if not g and left[tid] == 1 and j == nops[tid] - 1:
+            return STOP_FINAL
+        if st[S_NW] == len(wait_d) or st[S_NH] == len(hold_d):
+            return STOP_FULL
+        _pop(ht, hs, hid, st)
+        if g:
+            kind = GRANT
+            c = gc[tid]
+            cid = gcid[tid]
+            lab = glab[tid]
+        else:
+            kind = opk[tid, j]
+            c = opc[tid, j]
+            cid = opcid[tid, j]
+            lab = oplab[tid, j]
+        if kind != NOP:
+            # an atomic on the lock word (a grant's line transfer is the handoff)
+            if kind != GRANT:
+                lw = st[S_LW_TID]
+                if lw != tid and lw >= 0 and now - st[S_LW_TIME] < window:
+                    c += surcharge
+                    st[S_CONTENDED] += 1
+            st[S_LW_TID] = tid
+            st[S_LW_TIME] = now
+        end = now + c
+        cat[tid, cid] += c
+        lcnt[lab] += 1
+        ltot[lab] += c
+        st[S_STEPS] += 1
+        tsteps[tid] += 1
+        st[S_NOW] = now
+        clk[tid] = end
+        wake = False
+        if kind == ACQ:
+            md = mode[tid]
+            if st[S_QLEN] == 0 and st[S_OWNER] < 0 and (md == 1 or st[S_NREADERS] == 0):
+                st[S_LK_ACQ] += 1
+                if md == 1:
+                    rdcnt[tid] += 1
+                    st[S_NREADERS] += 1
+                else:
+                    st[S_OWNER] = tid
+                st[S_LS_ACQ] += 1
+                n = st[S_NW]
+                wait_d[n] = 0
+                wait_w[n] = who[tid]
+                st[S_NW] = n + 1
+                held_t[tid] = now
+                takes[tid] += 1
+            else:  # refused: queued behind the waiters, parked until granted
+                qi = (st[S_QHEAD] + st[S_QLEN]) % qcap
+                qtid[qi] = tid
+                qmode[qi] = md
+                st[S_QLEN] += 1
+                st[S_LK_CONT] += 1
+                req_t[tid] = now
+                st[S_LS_CONT] += 1
+                parked[tid] = 1
+                grantp[tid] = 1
+                continue
+        elif kind == GRANT:
+            st[S_QHEAD] = (st[S_QHEAD] + 1) % qcap  # the head is tid (it was woken)
+            st[S_QLEN] -= 1
+            md = mode[tid]
+            st[S_LK_ACQ] += 1
+            if md == 1:
+                rdcnt[tid] += 1
+                st[S_NREADERS] += 1
+            else:
+                st[S_OWNER] = tid
+            grantp[tid] = 0
+            st[S_LS_ACQ] += 1
+            n = st[S_NW]
+            r = req_t[tid]
+            wait_d[n] = now - r if r >= 0 else 0  # ``ls.req.pop(tid, now)``
+            wait_w[n] = who[tid]
+            st[S_NW] = n + 1
+            req_t[tid] = -1
+            held_t[tid] = now
+            takes[tid] += 1
+            wake = True
+        elif kind == REL:
+            if mode[tid] == 1:
+                rdcnt[tid] -= 1
+                st[S_NREADERS] -= 1
+            else:
+                st[S_OWNER] = -1
+            if held_t[tid] >= 0:
+                n = st[S_NH]
+                hold_d[n] = now - held_t[tid]
+                hold_w[n] = who[tid]
+                st[S_NH] = n + 1
+                held_t[tid] = -1
+            wake = True
+        # the thread's next operation of its cycle
+        j += 1
+        if j == nops[tid]:
+            j = 0
+            left[tid] -= 1
+        pos[tid] = j
+        if wake and st[S_QLEN] > 0:
+            # a release, or a grant (the next reader may follow), can make the queue
+            # head grantable: wake it after the handoff
+            qh = st[S_QHEAD]
+            h = qtid[qh]
+            if parked[h] and st[S_OWNER] < 0 and (qmode[qh] == 1 or st[S_NREADERS] == 0):
+                c0 = clk[h]
+                ready = (c0 if c0 > end else end) + phand[h]
+                dt = ready - c0
+                if dt:
+                    cat[h, pcid[h]] += dt
+                    if pspin[h]:
+                        st[S_SPIN] += dt
+                    else:
+                        st[S_SLEEP] += dt
+                clk[h] = ready
+                parked[h] = 0
+                _push(ht, hs, hid, st, ready, h)
+        _push(ht, hs, hid, st, end, tid)
+
+
+_ACQ_KINDS = (O.READ_LOCK, O.WRITE_LOCK, O.LOCK)
+_REL_KINDS = (O.READ_UNLOCK, O.WRITE_UNLOCK, O.UNLOCK)
+
+
+def _classify(k: int) -> int:
+    if k == O.NOP:
+        return NOP
+    if k in _ACQ_KINDS:
+        return ACQ
+    if k in _REL_KINDS:
+        return REL
+    return -1
+
+
+class _Refused(Exception):
+    """The engine may not take over here (the driver steps as usual)."""
+
+
+def hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
+    """Run the engine from thread ``tid``'s pending operation (popped from the ready
+    queue at ``now``); return the steps it took, 0 if it did not take over (then nothing
+    was changed)."""
+    try:
+        return _hand_over(d, tid, now, limit, budget)
+    except _Refused:
+        return 0
+
+
+def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
+    m = d.m
+    threads = m.threads
+    t0 = threads[tid]
+    seq0 = t0.cyc
+    lock = seq0[0].obj
+    if lock.sleeping or m.tracing or m.violation is not None:
+        raise _Refused
+    if any(w is None for w in m.watches):
+        raise _Refused
+    rs = m.rcu_sched
+    rs_oid = rs.oid if rs is not None and rs.oid is not None else -1
+    if rs_oid >= 0 and d._waiters.get(rs_oid):
+        raise _Refused
+    # the cycling threads: the popped one, those ready in the queue, those parked in
+    # the lock's queue; every ready thread not cycling on the lock bounds the run
+    rq = d._rq
+    cyc: list[int] = [tid]
+    foreign: list[tuple[int, int, int]] = []  # (time, queue position, tid)
+    cseq: dict[int, int] = {tid: -1}
+    for i, (tm, x) in enumerate(zip(rq.times, rq.tids)):
+        tx = threads[x]
+        if tx.cyc is not None and tx.cyc[0].obj is lock:
+            cyc.append(x)
+            cseq[x] = i
+        else:
+            foreign.append((tm, i, x))
+    park = d._park
+    for x, _mode in lock.queue:
+        if x in cseq:
+            continue
+        tx = threads[x]
+        if x not in park or tx.cyc is None or tx.cyc[0].obj is not lock:
+            raise _Refused  # a waiter that is not cycling (or not parked and not ready)
+        cyc.append(x)
+    ls = d._locks.get(lock.oid)
+    if ls is None:
+        ls = d._lock_stats(lock)
+    labels = d._labels
+    kinds = d._kinds
+    rolecat = d._rolecat
+    slots: dict[int, int] = {}
+    infos: list[Any] = []
+
+    def slot(info: Any) -> int:
+        s = slots.get(id(info))
+        if s is None:
+            if info.batch:
+                raise _Refused
+            s = slots[id(info)] = len(infos)
+            infos.append(info)
+        return s
+
+    def info_of(lab: str | None, k: int) -> Any:
+        if lab is None:
+            return kinds[k]
+        info = labels.get(lab)
+        if info is None:
+            raise _Refused  # registering an unknown label is the driver's to do
+        return info
+
+    T = len(threads)
+    pos = np.zeros(T, np.int64)
+    left = np.zeros(T, np.int64)
+    nops = np.zeros(T, np.int64)
+    opk = np.zeros((T, 4), np.int64)
+    opc = np.zeros((T, 4), np.int64)
+    opcid = np.zeros((T, 4), np.int64)
+    oplab = np.zeros((T, 4), np.int64)
+    gc = np.zeros(T, np.int64)
+    gcid = np.zeros(T, np.int64)
+    glab = np.zeros(T, np.int64)
+    mode = np.zeros(T, np.int64)
+    who = np.zeros(T, np.int64)
+    clk = np.array(d._clk, np.int64)
+    parked = np.zeros(T, np.int64)
+    pcid = np.zeros(T, np.int64)
+    phand = np.zeros(T, np.int64)
+    pspin = np.zeros(T, np.int64)
+    grantp = np.zeros(T, np.int64)
+    held_t = np.full(T, -1, np.int64)
+    req_t = np.full(T, -1, np.int64)
+    takes = np.zeros(T, np.int64)
+    tsteps = np.zeros(T, np.int64)
+    rdcnt = np.zeros(T, np.int64)
+    readers = lock.readers
+    shared = lock.shared_ok
+    before: dict[int, tuple[bool, Any]] = {}
+    for x in cyc:
+        tx = threads[x]
+        seq = tx.cyc
+        if len(seq) > 4:
+            raise _Refused
+        acq = seq[0]
+        md = READ if acq.kind == O.READ_LOCK else 0
+        code = 1 if md == READ else (2 if shared else 0)
+        wx = x * 4 + code
+        j = tx.cyc_j
+        pend = tx.pending
+        g = pend.kind == O.GRANT
+        if g and (j != 0 or pend.obj is not lock):
+            raise _Refused
+        if not g and pend is not seq[j]:
+            raise _Refused
+        # the position says whether the thread holds the lock: it must, exactly once
+        rel_i = -1
+        for i, op in enumerate(seq):
+            c = _classify(op.kind)
+            if c < 0 or (c != NOP and op.obj is not lock):
+                raise _Refused
+            if c == REL:
+                rel_i = i
+            info = info_of(op.cost, op.kind)
+            opk[x, i] = c
+            opc[x, i] = info.ns
+            opcid[x, i] = info.cid if info.cid >= 0 else rolecat[x]
+            oplab[x, i] = slot(info)
+        if _classify(acq.kind) != ACQ or rel_i < 1:
+            raise _Refused
+        holding = 0 < j <= rel_i
+        owner = lock.owner
+        rn = readers.get(x, 0)
+        if md == READ:
+            ok = rn == (1 if holding else 0) and (owner is None or owner != x)
+        else:
+            ok = rn == 0 and ((owner is not None and owner == x) == holding)
+        times = ls.held.get(wx)
+        if not ok or len(times or ()) != (1 if holding else 0):
+            raise _Refused
+        if x == tid or x in cseq:
+            if x in park:
+                raise _Refused
+        elif x not in park:
+            raise _Refused
+        if x in park:
+            cid_, hand_, spinning_, _leaf, _ls = park[x]
+            parked[x] = 1
+            pcid[x] = cid_
+            phand[x] = hand_
+            pspin[x] = 1 if spinning_ else 0
+        else:
+            rec = ls.park_rec[md == READ] or d._lock_park_rec(lock, ls, md == READ)
+            pcid[x], phand[x], pspin[x] = rec[0], rec[1], 1 if rec[2] else 0
+        ginfo = info_of(acq.cost, O.GRANT)
+        gc[x] = ginfo.ns
+        gcid[x] = ginfo.cid if ginfo.cid >= 0 else rolecat[x]
+        glab[x] = slot(ginfo)
+        pos[x] = j
+        left[x] = tx.cyc_left
+        nops[x] = len(seq)
+        mode[x] = md
+        who[x] = wx
+        grantp[x] = 1 if g else 0
+        if holding:
+            held_t[x] = times[0]
+        if g:
+            r = ls.req.get(x)
+            req_t[x] = -1 if r is None else r
+        rdcnt[x] = rn
+        before[x] = (holding, pend)
+    # the lock's queue, in order
+    qcap = T + 1
+    qtid = np.zeros(qcap, np.int64)
+    qmode = np.zeros(qcap, np.int64)
+    for i, (x, md) in enumerate(lock.queue):
+        qtid[i] = x
+        qmode[i] = md
+    # the heap: the popped thread first (it was at the head), then the ready ones in
+    # their queue order; the engine's pushes come after every one of those
+    n_rq = len(rq.times)
+    ht = np.zeros(qcap, np.int64)
+    hs = np.zeros(qcap, np.int64)
+    hid = np.zeros(qcap, np.int64)
+    st = np.zeros(NSTATE, np.int64)
+    st[S_OWNER] = -1 if lock.owner is None else lock.owner
+    st[S_NREADERS] = sum(readers.values())
+    st[S_LW_TID] = ls.lw_tid
+    st[S_LW_TIME] = ls.lw_time
+    st[S_QLEN] = len(lock.queue)
+    st[S_SEQ] = -1
+    clk[tid] = now
+    _push(ht, hs, hid, st, now, tid)
+    for i in range(n_rq):
+        x = rq.tids[i]
+        if x in cseq and x != tid:
+            st[S_SEQ] = i
+            _push(ht, hs, hid, st, rq.times[i], x)
+    st[S_SEQ] = n_rq
+    hz_t, hz_s = (foreign[0][0], foreign[0][1]) if foreign else (1 << 62, 0)
+    ncat = len(d.cat_names)
+    cat = np.zeros((T, ncat), np.int64)
+    for x in cyc:
+        cat[x, :len(d._cat[x])] = d._cat[x]
+    lcnt = np.zeros(len(infos), np.int64)
+    ltot = np.zeros(len(infos), np.int64)
+    wait_d = np.zeros(BUFFER, np.int64)
+    wait_w = np.zeros(BUFFER, np.int64)
+    hold_d = np.zeros(BUFFER, np.int64)
+    hold_w = np.zeros(BUFFER, np.int64)
+    run(st, ht, hs, hid, qtid, qmode, pos, left, nops, opk, opc, opcid, oplab, gc, gcid,
+        glab, mode, who, clk, parked, pcid, phand, pspin, grantp, held_t, req_t, takes,
+        tsteps, rdcnt, cat, lcnt, ltot, wait_d, wait_w, hold_d, hold_w, hz_t, hz_s,
+        limit, budget, d._window, d._surcharge)
+    steps = int(st[S_STEPS])
+    if steps == 0:
+        return 0  # nothing changed: the driver steps the popped thread itself
+    _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
+                parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, infos,
+                lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
+    return steps
+
+
+def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
+                before: dict[int, tuple[bool, Any]], st: Any, ht: Any, hs: Any,
+                hid: Any, qtid: Any, qmode: Any, pos: Any, left: Any, parked: Any,
+                grantp: Any, held_t: Any, req_t: Any, takes: Any, tsteps: Any,
+                rdcnt: Any, clk: Any, cat: Any, infos: list[Any], lcnt: Any, ltot: Any,
+                wait_d: Any, wait_w: Any, hold_d: Any, hold_w: Any,
+                foreign: list[tuple[int, int, int]], rs: Any) -> None:
+    threads = m.threads
+    shared = lock.shared_ok
+    park = d._park
+    # the lock
+    owner = int(st[S_OWNER])
+    lock.owner = None if owner < 0 else owner
+    qcap = len(qtid)
+    qh, ql = int(st[S_QHEAD]), int(st[S_QLEN])
+    lock.queue[:] = [(int(qtid[(qh + i) % qcap]), int(qmode[(qh + i) % qcap]))
+                     for i in range(ql)]
+    lock.acquisitions += int(st[S_LK_ACQ])
+    lock.contended += int(st[S_LK_CONT])
+    # the driver's lock statistics
+    ls.acquisitions += int(st[S_LS_ACQ])
+    ls.contended += int(st[S_LS_CONT])
+    ls.spin_ns += int(st[S_SPIN])
+    ls.sleep_ns += int(st[S_SLEEP])
+    ls.lw_tid = int(st[S_LW_TID])
+    ls.lw_time = int(st[S_LW_TIME])
+    nw, nh = int(st[S_NW]), int(st[S_NH])
+    ls.fold_arrays(wait_d[:nw], wait_w[:nw], hold_d[:nh], hold_w[:nh])
+    for info, n, tot in zip(infos, lcnt.tolist(), ltot.tolist()):
+        info.count += n
+        info.total += tot
+    # the threads
+    readers = lock.readers
+    dcat = d._cat
+    dclk = d._clk
+    for x in cyc:
+        tx = threads[x]
+        was_holding, pend = before[x]
+        seq = tx.cyc
+        g = bool(grantp[x])
+        j = int(pos[x])
+        md = READ if seq[0].kind == O.READ_LOCK else 0
+        rel_i = max(i for i, op in enumerate(seq) if _classify(op.kind) == REL)
+        holding = (not g) and 0 < j <= rel_i
+        tx.cyc_j = j
+        tx.cyc_left = int(left[x])
+        tx.steps += int(tsteps[x])
+        if g:
+            if pend.kind != O.GRANT:
+                pend = O._op(O.GRANT, lock, 0, 1, True, md, None, seq[0].cost, False)
+            tx.pending = pend
+        else:
+            tx.pending = seq[j]
+        n = int(rdcnt[x])
+        if n:
+            readers[x] = n
+        else:
+            readers.pop(x, None)
+        if holding != was_holding:
+            if holding:
+                tx.locks.append((lock, md))
+                tx.atomic += 1
+            else:
+                for i, (lk, mm) in enumerate(tx.locks):
+                    if lk is lock and mm == md:
+                        del tx.locks[i]
+                        break
+                tx.atomic -= 1
+        elif holding and takes[x]:
+            # released and taken again: it is now the last lock taken
+            for i, (lk, mm) in enumerate(tx.locks):
+                if lk is lock and mm == md:
+                    del tx.locks[i]
+                    break
+            tx.locks.append((lock, md))
+        if rs is not None:
+            depth = rs.depth.get(x, 0)
+            base = depth - (1 if was_holding else 0)
+            if base == 0 and takes[x]:
+                rs.section[x] = rs.section.get(x, 0) + int(takes[x])
+            nd = base + (1 if holding else 0)
+            if nd:
+                rs.depth[x] = nd
+            else:
+                rs.depth.pop(x, None)
+        code = 1 if md == READ else (2 if shared else 0)
+        wx = x * 4 + code
+        times = ls.held.get(wx)
+        if holding:
+            if times is None:
+                ls.held[wx] = [int(held_t[x])]
+            else:
+                times[:] = [int(held_t[x])]
+        elif times:
+            del times[:]
+        if g and req_t[x] >= 0:
+            ls.req[x] = int(req_t[x])
+        else:
+            ls.req.pop(x, None)
+        if parked[x]:
+            if x not in park:
+                park[x] = ls.park_rec[md == READ] or d._lock_park_rec(lock, ls, md == READ)
+        else:
+            park.pop(x, None)
+        dclk[x] = int(clk[x])
+        row = dcat[x]
+        row[:] = cat[x, :len(row)].tolist()
+    m.nsteps += int(st[S_STEPS])
+    m.now = int(st[S_NOW])
+    d._contended += int(st[S_CONTENDED])
+    d.engine_steps += int(st[S_STEPS])
+    # the ready queue: the foreign entries where they were, the cycling threads'
+    # entries in the engine's (time, sequence) order
+    ents = [(int(ht[i]), int(hs[i]), int(hid[i])) for i in range(int(st[S_HN]))]
+    ents.extend(foreign)
+    ents.sort()
+    rq = d._rq
+    rq.times[:] = [e[0] for e in ents]
+    rq.tids[:] = [e[2] for e in ents]

@@ -619,6 +619,25 @@ def test_dist_percentiles():
     assert e.to_dict() == d.to_dict()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(0, 40)), min_size=1,
+                max_size=400), st.integers(0, 400))
+def test_lock_samples_fold_into_the_distributions_each_sample_makes(events, cut):
+    """``_fold_into`` (every holder's samples at once: one sort, then per-holder sums,
+    extremes and bucket counts) gives each holder the distribution that adding its
+    samples one by one gives, in two batches as in one."""
+    dur = np.array([d for d, _ in events], dtype=np.int64)
+    who = np.array([w for _, w in events], dtype=np.int64)
+    folded: dict[int, Dist] = {}
+    timed_mod._fold_into(dur[:cut], who[:cut], folded)
+    timed_mod._fold_into(dur[cut:], who[cut:], folded)
+    one: dict[int, Dist] = {}
+    for d, w in events:
+        one.setdefault(w, Dist()).add(d)
+    assert {w: x.to_dict() for w, x in folded.items()} == {
+        w: x.to_dict() for w, x in one.items()}
+
+
 # --- the cost model -------------------------------------------------------------------------
 
 def test_default_cost_model_is_complete_and_sourced():

@@ -63,7 +63,7 @@ STOP_FULL = 3  # the sample buffers are full
 
 #: events one hand-over may record before returning (the wait and hold samples are
 #: buffered in arrays of this size, then appended to the driver's lists)
-BUFFER = 1 << 16
+BUFFER = 1 << 18
 
 
 @njit(cache=True, nogil=True, inline="always")

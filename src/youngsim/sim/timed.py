@@ -198,6 +198,21 @@ class _Cost:
 
 # --- distributions --------------------------------------------------------------------
 
+def _bucket_keys(xs: np.ndarray) -> np.ndarray:
+    """Each duration's histogram bucket (``Dist.add``'s key), for an int64 array."""
+    bl = np.zeros(len(xs), dtype=np.int64)
+    pos = xs > 0
+    # bit_length, exact for the int64 range via frexp of the float (values < 2^53
+    # are exact; above, the float may round up to the next power: corrected below)
+    _, e = np.frexp(xs[pos].astype(np.float64))
+    bl[pos] = e
+    over = pos.copy()
+    over[pos] = (np.left_shift(np.int64(1), (bl[pos] - 1).clip(0, 62)) > xs[pos])
+    bl[over] -= 1
+    shift = (bl - 4).clip(0, None)
+    return np.where(bl <= 4, xs, np.left_shift(np.right_shift(xs, shift), shift))
+
+
 class Dist:
     """A distribution of non-negative integer durations (ns): count, sum, min, max, and
     a log-linear histogram (8 buckets per power of two, so percentiles are within
@@ -236,21 +251,24 @@ class Dist:
             self.max = hi
         self.n += len(xs)
         self.total += int(xs.sum())
-        bl = np.zeros(len(xs), dtype=np.int64)
-        pos = xs > 0
-        # bit_length, exact for the int64 range via frexp of the float (values < 2^53
-        # are exact; above, the float may round up to the next power: corrected below)
-        _, e = np.frexp(xs[pos].astype(np.float64))
-        bl[pos] = e
-        over = pos.copy()
-        over[pos] = (np.left_shift(np.int64(1), (bl[pos] - 1).clip(0, 62)) > xs[pos])
-        bl[over] -= 1
-        shift = (bl - 4).clip(0, None)
-        keys = np.where(bl <= 4, xs, np.left_shift(np.right_shift(xs, shift), shift))
-        uk, cnt = np.unique(keys, return_counts=True)
+        uk, cnt = np.unique(_bucket_keys(xs), return_counts=True)
         bk = self.buckets
         for key, n in zip(uk.tolist(), cnt.tolist()):
             bk[key] = bk.get(key, 0) + n
+
+    def add_counted(self, n: int, total: int, lo: int, hi: int, keys: list[int],
+                    counts: list[int]) -> None:
+        """Add ``n`` durations given by their sum, extremes and bucket counts (what
+        ``add_many`` computes; ``_fold_into`` computes it for many holders at once)."""
+        if self.n == 0 or lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
+        self.n += n
+        self.total += total
+        bk = self.buckets
+        for key, c in zip(keys, counts):
+            bk[key] = bk.get(key, 0) + c
 
     def merge(self, other: "Dist") -> None:
         if not other.n:
@@ -299,18 +317,31 @@ def _fold_into(dur: np.ndarray, who: np.ndarray, into: dict[int, Dist]) -> None:
     stable sort by holder, then one ``add_many`` per holder's run."""
     if not len(dur):
         return
-    order = np.argsort(who, kind="stable")
-    ws = who[order]
-    ds = dur[order]
-    cuts = np.flatnonzero(ws[1:] != ws[:-1]) + 1
-    starts = [0] + cuts.tolist()
-    ends = cuts.tolist() + [len(ws)]
-    for a, b in zip(starts, ends):
-        x = int(ws[a])
+    dur = np.asarray(dur, dtype=np.int64)
+    who = np.asarray(who, dtype=np.int64)
+    keys = _bucket_keys(dur)
+    order = np.lexsort((keys, who))  # by holder, then bucket
+    ws, ks, ds = who[order], keys[order], dur[order]
+    # runs of one holder, and within them runs of one bucket
+    hcut = np.flatnonzero(ws[1:] != ws[:-1]) + 1
+    hstart = np.concatenate(([0], hcut))
+    bcut = np.flatnonzero((ws[1:] != ws[:-1]) | (ks[1:] != ks[:-1])) + 1
+    bstart = np.concatenate(([0], bcut))
+    bcount = np.diff(np.concatenate((bstart, [len(ds)])))
+    n_h = np.diff(np.concatenate((hstart, [len(ds)]))).tolist()
+    tot_h = np.add.reduceat(ds, hstart).tolist()
+    min_h = np.minimum.reduceat(ds, hstart).tolist()
+    max_h = np.maximum.reduceat(ds, hstart).tolist()
+    # the buckets of holder i are bucket runs [bsplit[i], bsplit[i + 1])
+    bsplit = np.searchsorted(bstart, hstart).tolist() + [len(bstart)]
+    bkeys = ks[bstart].tolist()
+    bcounts = bcount.tolist()
+    for i, x in enumerate(ws[hstart].tolist()):
         dist = into.get(x)
         if dist is None:
             dist = into[x] = Dist()
-        dist.add_many(ds[a:b])
+        a, b = bsplit[i], bsplit[i + 1]
+        dist.add_counted(n_h[i], tot_h[i], min_h[i], max_h[i], bkeys[a:b], bcounts[a:b])
 
 
 class _LockStats:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from youngsim.sim import (Machine, Mutex, RcuDomain, RWLock, SpinLock, fetch_add, load,
+from youngsim.sim import (CycleCas, Machine, Mutex, RcuDomain, RWLock, SpinLock, cas,
+                          fetch_add, load,
                           lock_cycles, mutex_lock, mutex_unlock, nop, rcu_read_lock,
                           rcu_read_unlock, read_lock, read_unlock, spin_lock, spin_unlock,
                           store, synchronize_rcu, write_lock, write_unlock)
@@ -28,7 +30,8 @@ CM = load_cost_model().with_labels(
 
 
 def _expanded(lock: Any, n: int, read: bool, hold: str | None, gap: str | None,
-              acquire: str | None, release: str | None) -> Any:
+              acquire: str | None, release: str | None, body: CycleCas | None = None
+              ) -> Any:
     """The loop ``lock_cycles`` stands for, written out."""
     if read:
         take, drop = read_lock, read_unlock
@@ -38,13 +41,20 @@ def _expanded(lock: Any, n: int, read: bool, hold: str | None, gap: str | None,
         take, drop = mutex_lock, mutex_unlock
     else:
         take, drop = spin_lock, spin_unlock
-    for _ in range(n):
+    for i in range(n):
         yield take(lock, acquire)
+        if body is not None:
+            old = int(body.old[i])
+            got = yield cas(body.words, body.lo + i, old, int(body.new[i]), cost=body.cost)
+            if got != old:  # RET_PF_RETRY: release, and the run ends here
+                yield drop(lock, release)
+                return i
         if hold is not None:
             yield nop(cost=hold)
         yield drop(lock, release)
         if gap is not None:
             yield nop(cost=gap)
+    return n if body is not None else None
 
 
 # a segment of a thread: ("cycles", lock, n, read, hold, gap, acquire, release) or
@@ -55,38 +65,49 @@ _cycles = st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 6), st.
                     st.sampled_from([None, "r1"]))
 _touch = st.tuples(st.just("touch"), st.integers(0, 3), st.sampled_from([None, "g1"]))
 # ("rcu", cycles): cycles inside an RCU read section of the domain spinning locks also
-# hold up
-_thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles)),
+# hold up; ("body", cycles, first word): each cycle a cmpxchg of a shared table's word
+# from 0 to the thread's mark, so overlapping runs of two threads fail and stop early
+_body = st.tuples(st.just("body"), _cycles, st.integers(0, 8), st.sampled_from([None, "a1"]))
+_thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles), _body),
                    min_size=1, max_size=4)
 _program = st.lists(_thread, min_size=1, max_size=5)
 
 
 def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
-           sched: bool = False) -> list[Any]:
+           sched: bool = False) -> tuple[list[Any], list[Any]]:
     """``sched``: spinning locks hold up an RCU domain (``Machine.use_rcu_sched``, as
     the kernel model's ``System`` does), and one more thread waits for its grace
     periods while the others cycle."""
     locks: list[Any] = [RWLock("rw"), SpinLock("spin"), Mutex("mutex")]
     w = m.new_words("shared", 4)
+    table = m.new_words("table", 16)
+    returned = m.new_words("returned", 64)  # what each body run returned
     dom = RcuDomain("rcu")
     if sched:
         m.use_rcu_sched(dom)
 
-    def cycles(seg: tuple[Any, ...]) -> Any:
+    def cycles(seg: tuple[Any, ...], body: CycleCas | None = None) -> Any:
         _, li, n, read, hold, gap, acq, rel = seg
         lock = locks[li]
         read = read and lock.shared_ok
         if fused:
             got = yield lock_cycles(lock, n, read=read, hold=hold, gap=gap,
-                                    acquire=acq, release=rel)
-            assert got is None
+                                    acquire=acq, release=rel, body=body)
         else:
-            yield from _expanded(lock, n, read, hold, gap, acq, rel)
+            got = yield from _expanded(lock, n, read, hold, gap, acq, rel, body)
+        assert got is None if body is None else 0 <= got <= n
+        return got
 
-    def thread(segments: list[tuple[Any, ...]]) -> Any:
-        for seg in segments:
+    def thread(k: int, segments: list[tuple[Any, ...]]) -> Any:
+        for si, seg in enumerate(segments):
             if seg[0] == "touch":
                 yield fetch_add(w, seg[1], 1, cost=seg[2])
+            elif seg[0] == "body":
+                n = seg[1][2]
+                body = CycleCas(table, seg[2], np.zeros(n, np.uint64),
+                                np.full(n, k + 1, np.uint64), cost=seg[3])
+                got = yield from cycles(seg[1], body)
+                yield store(returned, 4 * k + si, got + 1)
             elif seg[0] == "rcu":
                 if locks[seg[1][1]].sleeping:
                     continue  # a mutex inside an RCU read section is a bug of its own
@@ -103,10 +124,10 @@ def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
             yield synchronize_rcu(dom)
 
     for i, segments in enumerate(spec):
-        m.spawn(thread, segments, name=f"t{i}")
+        m.spawn(thread, i, segments, name=f"t{i}")
     if sched:
         m.spawn(gp, name="gp")
-    return locks
+    return locks, [w, table, returned]
 
 
 def _machine_state(m: Machine, locks: list[Any]) -> dict[str, Any]:
@@ -128,12 +149,13 @@ def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = 
            engine: bool = True, sched: bool = False, state: bool = False
            ) -> dict[str, Any]:
     m = Machine()
-    locks = _build(m, spec, fused, sched)
+    locks, words = _build(m, spec, fused, sched)
     roles = {i: ("vcpu" if i % 2 else "aging") for i in range(len(spec))}
     d = TimedDriver(m, CM, roles=roles, sample_period_ns=period, cycle_engine=engine)
     r = d.run()
     out = r.to_dict()
     out.pop("wall_s", None)
+    out["words"] = [x.data.tolist() for x in words]  # the tables, what bodies returned
     if state:
         out["machine"] = _machine_state(m, locks)
     if fused and engine:
@@ -192,7 +214,7 @@ def test_the_cycle_engine_stops_where_a_run_is_cut():
 
     def cuts(engine: bool, how: str) -> list[dict[str, Any]]:
         m = Machine()
-        locks = _build(m, spec, True)
+        locks, _ = _build(m, spec, True)
         d = TimedDriver(m, CM, cycle_engine=engine)
         out = []
         for i in range(1, 200):
@@ -220,11 +242,15 @@ def _program_of(spec: list[list[tuple[Any, ...]]], fused: bool) -> Program:
     return Program(f"cycles-{fused}", lambda m: _build(m, spec, fused), max_steps=400)
 
 
+_small_cycles = st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 2),
+                         st.booleans(), _label, st.just(None), st.just(None), st.just(None))
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.lists(st.one_of(
-    st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 2), st.booleans(),
-              _label, st.just(None), st.just(None), st.just(None)),
-    st.tuples(st.just("touch"), st.integers(0, 1), st.just(None))),
+    _small_cycles,
+    st.tuples(st.just("touch"), st.integers(0, 1), st.just(None)),
+    st.tuples(st.just("body"), _small_cycles, st.integers(0, 2), st.just(None))),
     min_size=1, max_size=2), min_size=2, max_size=3))
 def test_checker_explores_the_same_schedules(spec):
     """DPOR over the expanded loop and over ``lock_cycles`` covers the same number of
@@ -259,6 +285,48 @@ def test_a_checked_deadlock_is_found_inside_the_cycles():
     found = [systematic(build(f)) for f in (False, True)]
     assert [r.violation.kind if r.violation else None for r in found] == ["deadlock"] * 2
     assert found[0].schedule == found[1].schedule
+
+
+def test_a_failed_cmpxchg_ends_the_run_at_that_cycles_release():
+    """Two threads install marks in the same words under a spinlock, one cycle per
+    word: the second finds the first's mark at its first overlapping word, releases
+    without its hold or gap, and gets back how many of its cmpxchg succeeded."""
+    def build(m: Machine) -> Any:
+        lk = SpinLock("l")
+        table = m.new_words("table", 8)
+        got: list[tuple[int, int]] = []
+
+        def t(k: int, lo: int, n: int) -> Any:
+            body = CycleCas(table, lo, np.zeros(n, np.uint64), np.full(n, k, np.uint64),
+                            cost="a1")
+            got.append((k, (yield lock_cycles(lk, n, hold="h1", gap="g2", body=body))))
+        m.spawn(t, 1, 0, 4, name="first")
+        m.spawn(t, 2, 6, 2, name="second-alone")
+        m.spawn(t, 3, 2, 4, name="overlapping")
+        return table, got
+
+    m = Machine(trace=True)
+    table, got = build(m)
+    TimedDriver(m, CM).run()
+    assert m.violation is None
+    words = table.data.tolist()
+    runs = {1: (0, 4), 2: (6, 2), 3: (2, 4)}
+    done = dict(got)
+    assert sorted(done) == [1, 2, 3]
+    failed = 0
+    for k, (lo, n) in runs.items():
+        c = done[k]
+        assert words[lo:lo + c] == [k] * c  # its successful cmpxchg, in order
+        kinds = [s.op.describe().split("(")[0] for s in m.trace if s.tid == k - 1]
+        if c < n:  # the word it failed on was another's; it stopped at that release
+            failed += 1
+            assert words[lo + c] not in (0, k)
+            # taken (at once, or granted after waiting), cmpxchg, release: no hold or gap
+            assert kinds[-3] in ("lock", "acquire") and kinds[-2:] == ["cas", "unlock"]
+            assert kinds.count("cas") == c + 1
+        else:
+            assert kinds[-2:] == ["unlock", "nop"] and kinds.count("cas") == n
+    assert done[2] == 2 and failed == 1  # the overlapping pair: exactly one lost
 
 
 def test_each_lock_kind_gets_its_own_operations():

@@ -96,7 +96,7 @@ NO_OP = O.nop("no operation")
 class Thread:
     __slots__ = ("tid", "name", "gen", "send", "pending", "done", "result", "locks",
                  "atomic", "steps", "loc", "daemon", "readers", "nalloc", "cyc",
-                 "cyc_left", "cyc_j")
+                 "cyc_left", "cyc_j", "cyc_i", "cyc_fail")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
@@ -122,6 +122,10 @@ class Thread:
         self.cyc: tuple[Op, ...] | None = None
         self.cyc_left = 0
         self.cyc_j = 0
+        #: cycles completed, and whether this cycle's cmpxchg (``lock_cycles(body=)``)
+        #: failed: the run then ends at this cycle's release
+        self.cyc_i = 0
+        self.cyc_fail = False
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"
@@ -343,7 +347,7 @@ class Machine:
             if t.cyc is None:
                 self._advance(t, res)
             else:
-                self._next_cycle_op(t)
+                self._next_cycle_op(t, res)
         if self.violation is None:
             if self.invariants and self._check_invariants(op):
                 return
@@ -405,7 +409,7 @@ class Machine:
                 t.loc = _location(t.gen)
             if op.kind == _LOCK_CYCLES:
                 if self._start_cycles(t, op):
-                    value = None
+                    value = 0 if op.a[1].kind == _CAS else None  # no cycles ran
                     continue
                 return
             if op.sleeps and t.atomic:
@@ -421,10 +425,12 @@ class Machine:
         seq = op.a
         if (type(n) is not int or n < 0 or not isinstance(op.obj, Lock)
                 or type(seq) is not tuple or not seq
-                or any(type(x) is not Op for x in seq)):
+                or any(type(x) is not Op for x in seq)
+                or any(x.kind == _CAS and not _cas_template_ok(x, n) for x in seq)):
             self.violation = Violation(
                 "model-error", f"thread {t.name}: {op.describe()}: needs a lock, its"
-                " operations and a cycle count >= 0", t.tid)
+                " operations, a cycle count >= 0 and, with a body, words and old and"
+                " new values for every cycle", t.tid)
             t.pending = NO_OP
             t.done = True
             return False
@@ -433,27 +439,52 @@ class Machine:
         t.cyc = seq
         t.cyc_left = n
         t.cyc_j = 0
+        t.cyc_i = 0
+        t.cyc_fail = False
         self._set_cycle_op(t, seq[0])
         return False
 
-    def _next_cycle_op(self, t: Thread) -> None:
-        """The pending operation of a ``lock_cycles`` has run: make the next one pending,
-        or, after the last cycle, resume the generator (with None)."""
+    def _next_cycle_op(self, t: Thread, res: Any) -> None:
+        """The pending operation of a ``lock_cycles`` has run (with result ``res``):
+        make the next one pending or, after the last cycle (or the release of a cycle
+        whose cmpxchg failed), resume the generator: with None, or with a body, the
+        number of cycles whose cmpxchg succeeded."""
         seq = t.cyc
         assert seq is not None
+        op = t.pending
+        k = op.kind
         j = t.cyc_j + 1
+        if k == _CAS:
+            if res != op.a:  # failed: straight to this cycle's release (no hold)
+                t.cyc_fail = True
+                while seq[j].kind == _NOP:
+                    j += 1
+        elif t.cyc_fail and (k == _UNLOCK or k == _WRITE_UNLOCK or k == _READ_UNLOCK):
+            t.cyc = None
+            self._advance(t, t.cyc_i)
+            return
         if j == len(seq):
             j = 0
+            t.cyc_i += 1
             t.cyc_left -= 1
             if t.cyc_left == 0:
                 t.cyc = None
-                self._advance(t, None)
+                self._advance(t, t.cyc_i if seq[1].kind == _CAS else None)
                 return
         t.cyc_j = j
         self._set_cycle_op(t, seq[j])
 
     def _set_cycle_op(self, t: Thread, op: Op) -> None:
-        if op.sleeps and t.atomic:
+        if op.kind == _CAS:  # the body's template: this cycle's cmpxchg
+            i = t.cyc_i
+            lo = op.lo + i
+            w = op.obj
+            if w.oid is None:  # as for a yielded operation (``_advance``)
+                w.oid = self._next_oid
+                self._next_oid += 1
+            op = O._op(_CAS, w, lo, lo + 1, True, int(op.a[i]), int(op.b[i]),
+                       op.cost, False)
+        elif op.sleeps and t.atomic:
             self._sleep_in_atomic(t, op)
         t.pending = op
 
@@ -740,6 +771,14 @@ class Machine:
 
 
 _NO_WRITES: tuple[Any, int, Any, int] = (None, 0, None, 0)
+
+
+def _cas_template_ok(op: Op, n: int) -> bool:
+    """A ``lock_cycles`` body's template: words, and old and new values for n cycles."""
+    try:
+        return type(op.obj) is Words and len(op.a) >= n and len(op.b) >= n
+    except TypeError:
+        return False
 
 
 def _selection(sel: Any, n: int, view: np.ndarray) -> Any:

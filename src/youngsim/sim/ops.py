@@ -353,9 +353,15 @@ def write_unlock(lock: "Lock", cost: str | None = None) -> Op:
 
 def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = None,
                 gap: str | None = None, acquire: str | None = None,
-                release: str | None = None) -> Op:
+                release: str | None = None, body: "CycleCas | None" = None) -> Op:
     """``n`` cycles of: take ``lock``, ``nop(cost=hold)``, release it, ``nop(cost=gap)``;
     returns None once the last cycle's gap has run.
+
+    ``body``: each cycle also does, right after taking the lock, cycle ``i``'s
+    ``cas(body.words, body.lo + i, body.old[i], body.new[i], cost=body.cost)``. At the
+    first one that fails (the word was not ``old[i]``) that cycle releases the lock and
+    the run ends there, without its gap, as a fault's ``RET_PF_RETRY`` does. With a
+    body the operation returns how many cycles' cmpxchg succeeded (``n`` if all did).
 
     ``read``: an rwlock's read side; else the lock exclusively (``write_lock`` on an
     rwlock, ``spin_lock`` on a spinlock, ``mutex_lock`` on a sleeping lock). ``acquire``
@@ -380,12 +386,32 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     else:
         acq, rel = spin_lock(lock, acquire), spin_unlock(lock, release)
     seq = [acq]
+    if body is not None:
+        # the template of each cycle's cmpxchg: the executor builds cycle i's from it
+        seq.append(_op(CAS, body.words, body.lo, body.lo + 1, True, body.old, body.new,
+                       body.cost, False))
     if hold is not None:
         seq.append(nop(cost=hold))
     seq.append(rel)
     if gap is not None:
         seq.append(nop(cost=gap))
     return _op(LOCK_CYCLES, lock, 0, 1, True, tuple(seq), operator.index(n), None, False)
+
+
+class CycleCas:
+    """``lock_cycles``'s per-cycle cmpxchg: cycle ``i`` does ``cas(words, lo + i,
+    old[i], new[i], cost)`` (``old`` and ``new``: sequences of at least the cycle
+    count, e.g. numpy uint64 arrays)."""
+
+    __slots__ = ("words", "lo", "old", "new", "cost")
+
+    def __init__(self, words: "Words", lo: int, old: Any, new: Any,
+                 cost: str | None = None) -> None:
+        self.words = words
+        self.lo = operator.index(lo)
+        self.old = old
+        self.new = new
+        self.cost = cost
 
 
 # --- RCU ------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ from youngsim.sim.timed import TimedDriver
 LABELS = {"h1": 40, "h2": 130, "g1": 25, "g2": 400, "a1": 9, "r1": 6}
 CM = load_cost_model().with_labels(
     {lb: {"ns": ns, "rationale": "test"} for lb, ns in LABELS.items()})
+#: edges: no handoff (a woken waiter and its waker ready at the same time) and a
+#: contention window equal to a gap (a lock word written exactly that long ago)
+CM_EDGE = CM.with_tables({
+    "wakeup": {"spin_handoff": {"ns": 0, "rationale": "test"}},
+    "contention": {"window": {"ns": 25, "rationale": "test"}}})
 
 
 def _expanded(lock: Any, n: int, read: bool, hold: str | None, gap: str | None,
@@ -66,9 +71,12 @@ _cycles = st.tuples(st.just("cycles"), st.integers(0, 2), st.integers(0, 6), st.
 _touch = st.tuples(st.just("touch"), st.integers(0, 3), st.sampled_from([None, "g1"]))
 # ("rcu", cycles): cycles inside an RCU read section of the domain spinning locks also
 # hold up; ("body", cycles, first word): each cycle a cmpxchg of a shared table's word
-# from 0 to the thread's mark, so overlapping runs of two threads fail and stop early
+# from 0 to the thread's mark, so overlapping runs of two threads fail and stop early;
+# ("plain", cycles): the loop written out even in the fused run, so a thread that is
+# not cycling waits in the lock's queue among those that are
 _body = st.tuples(st.just("body"), _cycles, st.integers(0, 8), st.sampled_from([None, "a1"]))
-_thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles), _body),
+_thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles), _body,
+                             st.tuples(st.just("plain"), _cycles)),
                    min_size=1, max_size=4)
 _program = st.lists(_thread, min_size=1, max_size=5)
 
@@ -86,11 +94,12 @@ def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
     if sched:
         m.use_rcu_sched(dom)
 
-    def cycles(seg: tuple[Any, ...], body: CycleCas | None = None) -> Any:
+    def cycles(seg: tuple[Any, ...], body: CycleCas | None = None,
+               plain: bool = False) -> Any:
         _, li, n, read, hold, gap, acq, rel = seg
         lock = locks[li]
         read = read and lock.shared_ok
-        if fused:
+        if fused and not plain:
             got = yield lock_cycles(lock, n, read=read, hold=hold, gap=gap,
                                     acquire=acq, release=rel, body=body)
         else:
@@ -108,6 +117,8 @@ def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
                                 np.full(n, k + 1, np.uint64), cost=seg[3])
                 got = yield from cycles(seg[1], body)
                 yield store(returned, 4 * k + si, got + 1)
+            elif seg[0] == "plain":
+                yield from cycles(seg[1], plain=True)
             elif seg[0] == "rcu":
                 if locks[seg[1][1]].sleeping:
                     continue  # a mutex inside an RCU read section is a bug of its own
@@ -136,6 +147,7 @@ def _machine_state(m: Machine, locks: list[Any]) -> dict[str, Any]:
     rs = m.rcu_sched
     return {
         "nsteps": m.nsteps,
+        "now": m.now,
         "threads": [(t.steps, t.done, t.atomic, t.readers, t.cyc_left, t.cyc_j,
                      [(lk.name, md) for lk, md in t.locks]) for t in m.threads],
         "locks": [(lk.acquisitions, lk.contended, lk.owner, dict(lk.readers),
@@ -146,12 +158,15 @@ def _machine_state(m: Machine, locks: list[Any]) -> dict[str, Any]:
 
 
 def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = None,
-           engine: bool = True, sched: bool = False, state: bool = False
-           ) -> dict[str, Any]:
+           engine: bool = True, sched: bool = False, state: bool = False,
+           cm: Any = CM, eager: bool = True) -> dict[str, Any]:
     m = Machine()
     locks, words = _build(m, spec, fused, sched)
     roles = {i: ("vcpu" if i % 2 else "aging") for i in range(len(spec))}
-    d = TimedDriver(m, CM, roles=roles, sample_period_ns=period, cycle_engine=engine)
+    d = TimedDriver(m, cm, roles=roles, sample_period_ns=period, cycle_engine=engine)
+    if eager:  # hand over whenever the engine may, however short the stretch
+        d.engine_min_stretch = 0
+        d.engine_min_ops = 0
     r = d.run()
     out = r.to_dict()
     out.pop("wall_s", None)
@@ -168,14 +183,14 @@ _ENGINE_STEPS = [0, 0]  # steps the cycle engine took, all steps (fused runs)
 
 
 @settings(max_examples=150, deadline=None)
-@given(_program, st.sampled_from([None, 37]), st.booleans())
-def test_timed_driver_sees_the_loop_it_stands_for(spec, period, sched):
+@given(_program, st.sampled_from([None, 37]), st.booleans(), st.sampled_from([CM, CM_EDGE]))
+def test_timed_driver_sees_the_loop_it_stands_for(spec, period, sched, cm):
     """Same timeline, lock waits and holds by holder, spinning and sleeping, per-label
     counts and ns, CPU categories, contended atomics and profile samples; with the
     cycle engine (``sim/cycles.py``) stepping the cycles where it may, and without."""
-    split = _timed(spec, False, period, sched=sched)
-    plain = _timed(spec, True, period, engine=False, sched=sched)
-    fused = _timed(spec, True, period, sched=sched)
+    split = _timed(spec, False, period, sched=sched, cm=cm)
+    plain = _timed(spec, True, period, engine=False, sched=sched, cm=cm)
+    fused = _timed(spec, True, period, sched=sched, cm=cm)
     if period is not None:  # the stacks differ by the loop's frame; the samples do not
         ps, pf = split.pop("profile", None), fused.pop("profile", None)
         assert _sample_count(ps) == _sample_count(pf)
@@ -195,15 +210,48 @@ def test_the_property_test_exercised_the_cycle_engine():
          [("rcu", ("cycles", 1, 30, False, "h1", "g1", None, None))],
          [("cycles", 0, 40, True, None, "g1", None, None)]],
         [[("cycles", 1, 40, False, "h1", None, None, None)] * 2] * 4,
+        # cmpxchg bodies on a shared table: overlapping runs fail and end early
+        [[("body", ("cycles", 0, 12, True, "h1", "g1", None, None), 0, "a1")],
+         [("body", ("cycles", 0, 12, True, None, "g2", None, None), 4, None)],
+         [("body", ("cycles", 1, 6, False, "h2", None, None, None), 10, "a1"),
+          ("cycles", 0, 30, False, "h1", "g1", None, None)],
+         [("cycles", 0, 40, True, None, "g1", None, None)]],
+        # two threads outside the cycles ready at once (the engine's horizon is the
+        # first), one of them queued for the lock among the cycling threads
+        [[("cycles", 0, 60, True, "h1", "g1", None, None)]] * 3 + [
+            [("touch", 0, "g1")] * 6 + [("plain", ("cycles", 0, 5, False, "h1", "g1",
+                                                    None, None))],
+            [("touch", 1, "g1")] * 6],
     ]
     for spec in progs:
         for sched in (False, True):
-            with_engine = _timed(spec, True, sched=sched, state=True)
-            assert with_engine == _timed(spec, True, sched=sched, state=True, engine=False)
-            with_engine.pop("machine")
-            assert with_engine == _timed(spec, False, sched=sched)
+            for cm in (CM, CM_EDGE):
+                with_engine = _timed(spec, True, sched=sched, state=True, cm=cm)
+                assert with_engine == _timed(spec, True, sched=sched, state=True,
+                                             engine=False, cm=cm)
+                assert with_engine == _timed(spec, True, sched=sched, state=True, cm=cm,
+                                             eager=False)  # when it is worth it only
+                with_engine.pop("machine")
+                assert with_engine == _timed(spec, False, sched=sched, cm=cm)
     engine, total = (a - b for a, b in zip(_ENGINE_STEPS, before))
     assert engine > total // 2, (engine, total)
+
+
+def test_a_misused_lock_is_reported_with_the_cycle_engine_on():
+    """``read=True`` on a spinlock is the executor's lock-misuse at the first cycle:
+    the engine must leave it to the driver (which reports it) rather than run it."""
+    def run(engine: bool) -> Any:
+        m = Machine()
+        lk = SpinLock("s")
+
+        def t() -> Any:
+            yield lock_cycles(lk, 40, read=True, hold="h1")
+        m.spawn(t, name="t")
+        return TimedDriver(m, CM, cycle_engine=engine).run()
+    on, off = run(True), run(False)
+    assert off.violation is not None and off.violation.kind == "lock-misuse"
+    assert (on.violation.kind, on.violation.message, on.steps) == (
+        off.violation.kind, off.violation.message, off.steps)
 
 
 def test_the_cycle_engine_stops_where_a_run_is_cut():

@@ -48,6 +48,7 @@ NOP = 0
 ACQ = 1
 REL = 2
 GRANT = 3
+BODY = 4  # the cycle's cmpxchg (``lock_cycles(body=...)``)
 
 # indices of the scalar state array ``st``
 S_OWNER, S_NREADERS, S_LW_TID, S_LW_TIME, S_LK_ACQ, S_LK_CONT, S_LS_ACQ, S_LS_CONT, \
@@ -60,6 +61,10 @@ STOP_HORIZON = 0  # the next event is another thread's (or nothing is ready)
 STOP_FINAL = 1  # the next event is a thread's last cycle operation
 STOP_LIMIT = 2  # until_ns or max_steps
 STOP_FULL = 3  # the sample buffers are full
+
+#: fewer wait and hold samples than this go to the driver's lists (folding costs
+#: some twenty numpy calls whatever the size)
+SMALL_BATCH = 4096
 
 #: events one hand-over may record before returning (the wait and hold samples are
 #: buffered in arrays of this size, then appended to the driver's lists)
@@ -124,8 +129,10 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
         pcid: Any, phand: Any, pspin: Any, grantp: Any, held_t: Any, req_t: Any,
         takes: Any, tsteps: Any, rdcnt: Any, cat: Any, lcnt: Any, ltot: Any,
         wait_d: Any, wait_w: Any, hold_d: Any, hold_w: Any,
+        bdata: Any, wbase: Any, blo: Any, bold: Any, bnew: Any, boff: Any, ci: Any,
+        fail: Any, lbase: Any, ltime: Any, ltid: Any, catt: Any, cfail: Any,
         hz_t: int, hz_s: int, limit: int, budget: int, window: int,
-        surcharge: int) -> int:
+        surcharge: int, lshift: int) -> int:
     """Step the cycling threads in time order until a stop (module docstring). All
     state is in the arrays, updated in place; returns the ``STOP_*`` reason."""
     qcap = len(qtid)
@@ -140,7 +147,8 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
             return STOP_LIMIT
         j = pos[tid]
         g = grantp[tid]
-        if not g and left[tid] == 1 and j == nops[tid] - 1:
+        if not g and ((left[tid] == 1 and j == nops[tid] - 1)
+                      or (fail[tid] and opk[tid, j] == REL)):
             return STOP_FINAL
         if st[S_NW] == len(wait_d) or st[S_NH] == len(hold_d):
             return STOP_FULL
@@ -155,7 +163,25 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
             c = opc[tid, j]
             cid = opcid[tid, j]
             lab = oplab[tid, j]
-        if kind != NOP:
+        if kind == BODY:
+            # cmpxchg of word lo + i: an atomic on its cache line
+            i = ci[tid]
+            w = blo[tid] + i
+            li = lbase[tid] + (w >> lshift)
+            lt = ltid[li]
+            if lt >= 0 and lt != tid and now - ltime[li] < window:
+                c += surcharge
+                st[S_CONTENDED] += 1
+            ltime[li] = now
+            ltid[li] = tid
+            catt[lab] += 1
+            k = wbase[tid] + w
+            if bdata[k] == bold[boff[tid] + i]:
+                bdata[k] = bnew[boff[tid] + i]
+            else:
+                cfail[lab] += 1
+                fail[tid] = 1
+        elif kind != NOP:
             # an atomic on the lock word (a grant's line transfer is the handoff)
             if kind != GRANT:
                 lw = st[S_LW_TID]
@@ -234,11 +260,15 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
                 st[S_NH] = n + 1
                 held_t[tid] = -1
             wake = True
-        # the thread's next operation of its cycle
+        # the thread's next operation of its cycle (after a failed cmpxchg: its release)
         j += 1
+        if kind == BODY and fail[tid]:
+            while opk[tid, j] == NOP:
+                j += 1
         if j == nops[tid]:
             j = 0
             left[tid] -= 1
+            ci[tid] += 1
         pos[tid] = j
         if wake and st[S_QLEN] > 0:
             # a release, or a grant (the next reader may follow), can make the queue
@@ -272,17 +302,32 @@ def _classify(k: int) -> int:
         return ACQ
     if k in _REL_KINDS:
         return REL
+    if k == O.CAS:
+        return BODY
     return -1
+
+
+_UNSEEN = object()
 
 
 class _Refused(Exception):
     """The engine may not take over here (the driver steps as usual)."""
 
 
+#: a thread with fewer operations than this left in its run is stepped by the driver
+#: (a hand-over costs about as much as a hundred driver steps)
+MIN_OPS = 16
+
+
 def hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     """Run the engine from thread ``tid``'s pending operation (popped from the ready
-    queue at ``now``); return the steps it took, 0 if it did not take over (then nothing
-    was changed)."""
+    queue at ``now``); return the steps it took, or 0 if it did not take over (then
+    nothing was changed): -1 when only this thread's run is about to end, so that
+    the driver asks again at its next cycling thread."""
+    t = d.m.threads[tid]
+    seq = t.cyc
+    if t.cyc_fail or t.cyc_left * len(seq) - t.cyc_j < d.engine_min_ops:
+        return -1
     try:
         return _hand_over(d, tid, now, limit, budget)
     except _Refused:
@@ -354,10 +399,10 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     pos = np.zeros(T, np.int64)
     left = np.zeros(T, np.int64)
     nops = np.zeros(T, np.int64)
-    opk = np.zeros((T, 4), np.int64)
-    opc = np.zeros((T, 4), np.int64)
-    opcid = np.zeros((T, 4), np.int64)
-    oplab = np.zeros((T, 4), np.int64)
+    opk = np.zeros((T, 5), np.int64)
+    opc = np.zeros((T, 5), np.int64)
+    opcid = np.zeros((T, 5), np.int64)
+    oplab = np.zeros((T, 5), np.int64)
     gc = np.zeros(T, np.int64)
     gcid = np.zeros(T, np.int64)
     glab = np.zeros(T, np.int64)
@@ -374,15 +419,21 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     takes = np.zeros(T, np.int64)
     tsteps = np.zeros(T, np.int64)
     rdcnt = np.zeros(T, np.int64)
+    fail = np.zeros(T, np.int64)
+    ci = np.zeros(T, np.int64)
+    cas_keys: dict[int, str] = {}  # label slot of a body's cmpxchg -> its counter key
+    bodies: list[tuple[int, Any, int, int]] = []  # (tid, template, first i, n)
     readers = lock.readers
     shared = lock.shared_ok
     before: dict[int, tuple[bool, Any]] = {}
     for x in cyc:
         tx = threads[x]
         seq = tx.cyc
-        if len(seq) > 4:
+        if len(seq) > 5:
             raise _Refused
         acq = seq[0]
+        if acq.kind == O.READ_LOCK and not shared:
+            raise _Refused  # read_lock on a spinlock: the executor's lock-misuse
         md = READ if acq.kind == O.READ_LOCK else 0
         code = 1 if md == READ else (2 if shared else 0)
         wx = x * 4 + code
@@ -391,17 +442,26 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         g = pend.kind == O.GRANT
         if g and (j != 0 or pend.obj is not lock):
             raise _Refused
-        if not g and pend is not seq[j]:
+        body = seq[1] if seq[1].kind == O.CAS else None
+        if body is not None and not g and j == 1:
+            i0 = tx.cyc_i  # this cycle's cmpxchg, built from the template
+            if pend.kind != O.CAS or pend.obj is not body.obj or pend.lo != body.lo + i0:
+                raise _Refused
+        elif not g and pend is not seq[j]:
             raise _Refused
         # the position says whether the thread holds the lock: it must, exactly once
         rel_i = -1
         for i, op in enumerate(seq):
             c = _classify(op.kind)
-            if c < 0 or (c != NOP and op.obj is not lock):
+            if c < 0 or (c == BODY) != (i == 1 and body is not None) or (
+                    c != NOP and c != BODY and op.obj is not lock):
                 raise _Refused
             if c == REL:
                 rel_i = i
             info = info_of(op.cost, op.kind)
+            if c == BODY:
+                cas_keys[slot(info)] = op.cost if op.cost is not None else "<cas>"
+                bodies.append((x, op, tx.cyc_i, tx.cyc_i + tx.cyc_left))
             opk[x, i] = c
             opc[x, i] = info.ns
             opcid[x, i] = info.cid if info.cid >= 0 else rolecat[x]
@@ -442,6 +502,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         mode[x] = md
         who[x] = wx
         grantp[x] = 1 if g else 0
+        fail[x] = 1 if tx.cyc_fail else 0
+        ci[x] = tx.cyc_i
         if holding:
             held_t[x] = times[0]
         if g:
@@ -484,21 +546,161 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         cat[x, :len(d._cat[x])] = d._cat[x]
     lcnt = np.zeros(len(infos), np.int64)
     ltot = np.zeros(len(infos), np.int64)
-    wait_d = np.zeros(BUFFER, np.int64)
-    wait_w = np.zeros(BUFFER, np.int64)
-    hold_d = np.zeros(BUFFER, np.int64)
-    hold_w = np.zeros(BUFFER, np.int64)
+    catt = np.zeros(len(infos), np.int64)
+    cfail = np.zeros(len(infos), np.int64)
+    bx = _bodies(d, m, bodies, T)
+    buf = d._engine_buffers
+    if buf is None:  # allocated once per driver: four arrays of BUFFER samples
+        buf = d._engine_buffers = tuple(np.zeros(BUFFER, np.int64) for _ in range(4))
+    wait_d, wait_w, hold_d, hold_w = buf
     run(st, ht, hs, hid, qtid, qmode, pos, left, nops, opk, opc, opcid, oplab, gc, gcid,
         glab, mode, who, clk, parked, pcid, phand, pspin, grantp, held_t, req_t, takes,
-        tsteps, rdcnt, cat, lcnt, ltot, wait_d, wait_w, hold_d, hold_w, hz_t, hz_s,
-        limit, budget, d._window, d._surcharge)
+        tsteps, rdcnt, cat, lcnt, ltot, wait_d, wait_w, hold_d, hold_w,
+        bx.data, bx.wbase, bx.lo, bx.old, bx.new, bx.off, ci, fail, bx.lbase, bx.ltime,
+        bx.ltid, catt, cfail, hz_t, hz_s, limit, budget, d._window, d._surcharge,
+        d._lshift)
     steps = int(st[S_STEPS])
     if steps == 0:
         return 0  # nothing changed: the driver steps the popped thread itself
     _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
                 parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, infos,
                 lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
+    # the bodies: cycle indices, failures, pending cmpxchg, line stamps, cas counters
+    for x, tmpl, _i0, _n in bodies:
+        tx = m.threads[x]
+        i = int(ci[x])
+        tx.cyc_i = i
+        tx.cyc_fail = bool(fail[x])
+        if not grantp[x] and int(pos[x]) == 1:  # this cycle's cmpxchg is pending
+            pend = before[x][1]
+            if pend is tmpl or pend.kind != O.CAS or pend.lo != tmpl.lo + i:
+                pend = O._op(O.CAS, tmpl.obj, tmpl.lo + i, tmpl.lo + i + 1, True,
+                             int(tmpl.a[i]), int(tmpl.b[i]), tmpl.cost, False)
+            tx.pending = pend
+    bx.write_back(d)
+    for sl, key in cas_keys.items():
+        if catt[sl]:
+            d._cas_att[key] = d._cas_att.get(key, 0) + int(catt[sl])
+        if cfail[sl]:
+            d._cas_fail[key] = d._cas_fail.get(key, 0) + int(cfail[sl])
     return steps
+
+
+class _Bodies:
+    """The cmpxchg bodies' state for ``run``: the words the remaining cycles can touch,
+    copied from each distinct table into one flat array (and copied back after), per
+    thread where its table's copy starts, its first word and its old/new values (flat
+    arrays at an offset), and the tables' cache-line stamps (flat, per table a block of
+    the lines the cycles can touch) as the driver keeps them (last writer, when)."""
+
+    def __init__(self, T: int) -> None:
+        self.data = np.zeros(1, np.uint64)
+        self.wbase = np.zeros(T, np.int64)
+        self.words: list[tuple[Any, int, int, int]] = []  # (Words, first, last, start)
+        self.lo = np.zeros(T, np.int64)
+        self.off = np.zeros(T, np.int64)
+        self.lbase = np.zeros(T, np.int64)
+        self.old = np.zeros(1, np.uint64)
+        self.new = np.zeros(1, np.uint64)
+        self.ltime = np.zeros(1, np.int64)
+        self.ltid = np.full(1, -1, np.int64)
+        self.blocks: list[tuple[int, int, int]] = []  # (oid, first line, block start)
+        self.nlines: dict[int, int] = {}  # oid -> lines in its block
+        self.t0 = self.ltime
+        self.d0 = self.ltid
+
+    def write_back(self, d: Any) -> None:
+        for w, a, b, k in self.words:
+            w.data[a:b + 1] = self.data[k:k + b - a + 1]
+        lines = d._lines
+        for oid, l0, b in self.blocks:
+            for k in range(b, b + self.nlines[oid]):
+                tid = int(self.ltid[k])
+                if tid < 0 or (tid == self.d0[k] and self.ltime[k] == self.t0[k]):
+                    continue
+                lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
+
+
+def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> _Bodies:
+    bx = _Bodies(T)
+    if not bodies:
+        return bx
+    lshift = d._lshift
+    tables: dict[int, Any] = {}  # oid -> Words
+    wspan: dict[int, tuple[int, int]] = {}  # oid -> words [first, last] to copy
+    span: dict[int, tuple[int, int]] = {}  # oid -> lines [first, last] to cover
+    olds: list[Any] = []
+    news: list[Any] = []
+    off = 0
+    for x, tmpl, i0, n in bodies:
+        w = tmpl.obj
+        oid = w.oid
+        if oid is None or w.freed or d._waiters.get(oid) or w.data.dtype != np.uint64:
+            raise _Refused
+        big = d._big.get(oid, _UNSEEN)
+        if big is _UNSEEN:
+            big = d._line_table(w)  # where the driver keeps its line stamps
+        if big is not None:
+            raise _Refused  # a large table's stamps are arrays (not built here)
+        if w.tag is not None and any(v is not None and w.tag in v for v in m.watches):
+            raise _Refused  # an invariant watches this table: the driver checks it
+        lo = tmpl.lo
+        if lo < 0 or lo + n > len(w.data):
+            raise _Refused  # the executor reports that; the engine does not
+        try:
+            o = np.asarray(tmpl.a[:n], dtype=np.uint64)
+            nw = np.asarray(tmpl.b[:n], dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError):
+            raise _Refused from None
+        if len(o) < n or len(nw) < n:
+            raise _Refused
+        tables[oid] = w
+        wa, wb = lo + i0, lo + n - 1
+        if oid in wspan:
+            wa, wb = min(wa, wspan[oid][0]), max(wb, wspan[oid][1])
+        wspan[oid] = (wa, wb)
+        bx.lo[x] = lo
+        bx.off[x] = off
+        olds.append(o)
+        news.append(nw)
+        off += n
+        a, b = (lo + i0) >> lshift, (lo + n - 1) >> lshift
+        if oid in span:
+            a, b = min(a, span[oid][0]), max(b, span[oid][1])
+        span[oid] = (a, b)
+    bx.old = np.concatenate(olds)
+    bx.new = np.concatenate(news)
+    wstart: dict[int, int] = {}
+    k = 0
+    for oid, (wa, wb) in wspan.items():
+        wstart[oid] = k
+        bx.words.append((tables[oid], wa, wb, k))
+        k += wb - wa + 1
+    bx.data = np.concatenate([tables[oid].data[wa:wb + 1] for oid, (wa, wb)
+                              in wspan.items()])
+    total = sum(b - a + 1 for a, b in span.values())
+    bx.ltime = np.zeros(total, np.int64)
+    bx.ltid = np.full(total, -1, np.int64)
+    start: dict[int, int] = {}
+    k = 0
+    lines = d._lines
+    for oid, (a, b) in span.items():
+        start[oid] = k
+        bx.blocks.append((oid, a, k))
+        bx.nlines[oid] = b - a + 1
+        for ln in range(a, b + 1):
+            v = lines.get((oid << 32) | ln)
+            if v is not None:
+                bx.ltime[k] = v >> 32
+                bx.ltid[k] = v & 0xFFFFFFFF
+            k += 1
+    for x, tmpl, _i0, _n in bodies:
+        oid = tmpl.obj.oid
+        bx.lbase[x] = start[oid] - span[oid][0]
+        bx.wbase[x] = wstart[oid] - wspan[oid][0]
+    bx.t0 = bx.ltime.copy()
+    bx.d0 = bx.ltid.copy()
+    return bx
 
 
 def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
@@ -528,7 +730,13 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
     ls.lw_tid = int(st[S_LW_TID])
     ls.lw_time = int(st[S_LW_TIME])
     nw, nh = int(st[S_NW]), int(st[S_NH])
-    ls.fold_arrays(wait_d[:nw], wait_w[:nw], hold_d[:nh], hold_w[:nh])
+    if nw + nh < SMALL_BATCH:  # to the driver's lists, folded with its own samples
+        ls.wait_d.extend(wait_d[:nw].tolist())
+        ls.wait_w.extend(wait_w[:nw].tolist())
+        ls.hold_d.extend(hold_d[:nh].tolist())
+        ls.hold_w.extend(hold_w[:nh].tolist())
+    else:  # straight into the histograms (they do not depend on the samples' order)
+        ls.fold_arrays(wait_d[:nw], wait_w[:nw], hold_d[:nh], hold_w[:nh])
     for info, n, tot in zip(infos, lcnt.tolist(), ltot.tolist()):
         info.count += n
         info.total += tot

@@ -307,9 +307,12 @@ class Dist:
 
 _MODES = ("excl", "read", "write")
 _FOLD: Final = 1 << 16  # lock events buffered before they are folded into histograms
-#: after the cycle engine refused to take over, driver steps before it is asked again (a
-#: refusal costs a Python-level check; the results do not depend on when it is asked)
-_ENGINE_BACKOFF: Final = 64
+#: after the cycle engine refused to take over, or took fewer steps than this, driver
+#: steps before it is asked again, doubling each time in a row (a hand-over costs
+#: about as much as a thousand driver steps; the results do not depend on when it is
+#: asked)
+_ENGINE_BACKOFF: Final = 1024
+_ENGINE_MAX_WAIT: Final = 1 << 16
 
 
 def _fold_into(dur: np.ndarray, who: np.ndarray, into: dict[int, Dist]) -> None:
@@ -643,6 +646,15 @@ class TimedDriver:
         #: steps the cycle engine took (included in ``steps``)
         self.engine_steps = 0
         self._engine_retry = 0  # after a refusal, the driver's step count to retry at
+        self._engine_wait = _ENGINE_BACKOFF  # steps to wait after the next refusal
+        #: when to hand over is a matter of speed only (the results are the same):
+        #: stretches shorter than this count as refusals (tests set 0 to hand over
+        #: whenever the engine may), and runs with fewer operations left than
+        #: ``engine_min_ops`` are stepped by the driver
+        self.engine_min_stretch = _ENGINE_BACKOFF
+        self.engine_min_ops = cycles.MIN_OPS
+        #: the engine's sample buffers (``cycles._hand_over`` allocates them once)
+        self._engine_buffers: Any = None
 
     def _info(self, ns: float, per: float, vbase: float, cat: str | None, batch: bool,
               unknown: bool) -> _Cost:
@@ -926,10 +938,16 @@ class TimedDriver:
                 if t.cyc is not None and engine and self._steps + steps >= self._engine_retry:
                     n = cycles.hand_over(self, tid, now, limit,
                                          budget - steps if budget >= 0 else -1)
-                    if n:
+                    if n >= self.engine_min_stretch:
+                        self._engine_wait = _ENGINE_BACKOFF
+                    elif n >= 0:  # refused, or a short stretch: not for a while, and
+                        # for twice as long each time in a row (up to _ENGINE_MAX_WAIT)
+                        self._engine_retry = self._steps + steps + n + self._engine_wait
+                        if self._engine_wait < _ENGINE_MAX_WAIT:
+                            self._engine_wait *= 2
+                    if n > 0:
                         steps += n
                         continue
-                    self._engine_retry = self._steps + steps + _ENGINE_BACKOFF
                 op = t.pending
                 k = op.kind
                 # a woken lock or grace-period waiter stays enabled (only the queue head

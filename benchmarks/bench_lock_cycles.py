@@ -23,7 +23,14 @@ wall time), so the comparison is of the same simulation:
 - ``loop``: each thread a generator yielding ``read_lock``, ``nop(hold)``,
   ``read_unlock``, ``nop(gap)`` per cycle, as the model's code does today;
 - ``lock_cycles``: each thread yields one ``lock_cycles`` operation, which the executor
-  runs as the same operations without resuming the generator.
+  runs as the same operations without resuming the generator, and which the timed
+  driver hands to the cycle engine (``sim/cycles.py``, compiled) where it may.
+
+``--body`` makes the read cycles fault-shaped: each installs an entry by cmpxchg in its
+vCPU's own 512-entry table while holding the lock (``lock_cycles(body=CycleCas(...))``
+against ``cas`` in the loop), one ``lock_cycles`` per 512 faults (a leaf table's worth,
+the table cleared between them by the model code), so the engine hands back to the
+driver once per chunk, as a fault stream would.
 
 It prints the wall time and the cost per lock cycle of each, and that cost extrapolated
 linearly to the lock traffic alone of the full-size target (``-v 112 -b 1G``: 29.4 M
@@ -40,13 +47,16 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from _common import pin_one_core
-from youngsim.sim import (Machine, RWLock, _native, lock_cycles, nop, read_lock, read_unlock,
-                          write_lock, write_unlock)
+
+from youngsim.sim import (CycleCas, Machine, RWLock, _native, cas, lock_cycles, nop, read_lock,
+                          read_unlock, write_lock, write_unlock)
 from youngsim.sim.costmodel import load_cost_model
 from youngsim.sim.timed import TimedDriver
 
 FULL_FAULTS = 112 * (1 << 30) // 4096  # -v 112 -b 1G: 29.4 M pages
+CHUNK = 512  # --body: faults per lock_cycles (a leaf table)
 
 
 def build(args: argparse.Namespace, fused: bool) -> Machine:
@@ -54,16 +64,38 @@ def build(args: argparse.Namespace, fused: bool) -> Machine:
     lk = RWLock("kvm->mmu_lock")
     n = args.faults
 
-    def vcpu() -> Any:
-        if fused:
-            yield lock_cycles(lk, n, read=True, hold="bench_read_hold", gap="bench_read_gap",
-                              acquire="mmu_lock_read", release="mmu_lock_read_release")
+    def vcpu(i: int) -> Any:
+        if not args.body:
+            if fused:
+                yield lock_cycles(lk, n, read=True, hold="bench_read_hold",
+                                  gap="bench_read_gap", acquire="mmu_lock_read",
+                                  release="mmu_lock_read_release")
+                return
+            for _ in range(n):
+                yield read_lock(lk, "mmu_lock_read")
+                yield nop(cost="bench_read_hold")
+                yield read_unlock(lk, "mmu_lock_read_release")
+                yield nop(cost="bench_read_gap")
             return
-        for _ in range(n):
-            yield read_lock(lk, "mmu_lock_read")
-            yield nop(cost="bench_read_hold")
-            yield read_unlock(lk, "mmu_lock_read_release")
-            yield nop(cost="bench_read_gap")
+        table = m.new_words(f"vcpu{i}.spt", CHUNK)
+        for c0 in range(0, n, CHUNK):
+            k = min(CHUNK, n - c0)
+            new = np.arange(c0 + 1, c0 + k + 1, dtype=np.uint64)  # never 0
+            if fused:
+                body = CycleCas(table, 0, np.zeros(k, np.uint64), new,
+                                cost="spte_cmpxchg")
+                got = yield lock_cycles(lk, k, read=True, hold="bench_read_hold",
+                                        gap="bench_read_gap", acquire="mmu_lock_read",
+                                        release="mmu_lock_read_release", body=body)
+                assert got == k
+            else:
+                for j in range(k):
+                    yield read_lock(lk, "mmu_lock_read")
+                    yield cas(table, j, 0, int(new[j]), cost="spte_cmpxchg")
+                    yield nop(cost="bench_read_hold")
+                    yield read_unlock(lk, "mmu_lock_read_release")
+                    yield nop(cost="bench_read_gap")
+            table.data[:] = 0  # the next chunk's table (model code, not an operation)
 
     def ager() -> Any:
         pages = args.vcpus * n
@@ -77,7 +109,7 @@ def build(args: argparse.Namespace, fused: bool) -> Machine:
             yield nop(cost="bench_write_gap")
 
     for i in range(args.vcpus):
-        m.spawn(vcpu, name=f"vcpu{i}")
+        m.spawn(vcpu, i, name=f"vcpu{i}")
     if not args.no_writer:
         m.spawn(ager, name="lru_gen")
     return m
@@ -107,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-gap", type=int, default=180)
     ap.add_argument("--no-writer", action="store_true",
                     help="no aging thread: the lockless designs' traffic (readers only)")
+    ap.add_argument("--body", action="store_true",
+                    help="each read cycle installs an entry by cmpxchg (fault-shaped), "
+                    "one lock_cycles per 512 faults")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; best kept")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     args = ap.parse_args(argv)

@@ -309,6 +309,66 @@ def _classify(k: int) -> int:
 
 _UNSEEN = object()
 
+#: per-``lock_cycles`` facts kept between hand-overs (``_static``), at most this many
+_CACHE_MAX = 4096
+
+
+def _static(d: Any, lock: Any, seq: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a cycle's operations are, once per ``lock_cycles`` (cached by the caller):
+    per position its class, cost, category (-1: the thread's role's) and label slot;
+    the grant's cost, category and slot; the mode, the holder code, the release's
+    position, the body's template and its cas counter key. Raises ``_Refused`` for
+    what the engine does not run."""
+    if len(seq) > 5:
+        raise _Refused
+    acq = seq[0]
+    shared = lock.shared_ok
+    if acq.kind == O.READ_LOCK and not shared:
+        raise _Refused  # read_lock on a spinlock: the executor's lock-misuse
+    md = READ if acq.kind == O.READ_LOCK else 0
+    code = 1 if md == READ else (2 if shared else 0)
+    body = seq[1] if seq[1].kind == O.CAS else None
+    ks, nss, cids, labs = [0] * 5, [0] * 5, [0] * 5, [0] * 5
+    rel_i = -1
+    for i, op in enumerate(seq):
+        c = _classify(op.kind)
+        if c < 0 or (c == BODY) != (i == 1 and body is not None) or (
+                c != NOP and c != BODY and op.obj is not lock):
+            raise _Refused
+        if c == REL:
+            rel_i = i
+        info = _info_of(d, op.cost, op.kind)
+        ks[i], nss[i], cids[i], labs[i] = c, info.ns, info.cid, _slot(d, info)
+    if _classify(acq.kind) != ACQ or rel_i < 1:
+        raise _Refused
+    g = _info_of(d, acq.cost, O.GRANT)
+    ck = None
+    if body is not None:
+        ck = body.cost if body.cost is not None else "<cas>"
+    return (seq, ks, nss, cids, labs, g.ns, g.cid, _slot(d, g), md, code, rel_i, body,
+            ck)
+
+
+def _info_of(d: Any, lab: str | None, k: int) -> Any:
+    """The driver's cost entry for an operation (its label's, else its kind's)."""
+    if lab is None:
+        return d._kinds[k]
+    info = d._labels.get(lab)
+    if info is None:
+        raise _Refused  # registering an unknown label is the driver's to do
+    return info
+
+
+def _slot(d: Any, info: Any) -> int:
+    """A cost entry's index in the engine's label counters (kept per driver)."""
+    s = d._engine_slots.get(id(info))
+    if s is None:
+        if info.batch:
+            raise _Refused  # a TLB-flush batch's charge is the driver's
+        s = d._engine_slots[id(info)] = len(d._engine_infos)
+        d._engine_infos.append(info)
+    return s
+
 
 class _Refused(Exception):
     """The engine may not take over here (the driver steps as usual)."""
@@ -372,77 +432,36 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     ls = d._locks.get(lock.oid)
     if ls is None:
         ls = d._lock_stats(lock)
-    labels = d._labels
-    kinds = d._kinds
     rolecat = d._rolecat
-    slots: dict[int, int] = {}
-    infos: list[Any] = []
-
-    def slot(info: Any) -> int:
-        s = slots.get(id(info))
-        if s is None:
-            if info.batch:
-                raise _Refused
-            s = slots[id(info)] = len(infos)
-            infos.append(info)
-        return s
-
-    def info_of(lab: str | None, k: int) -> Any:
-        if lab is None:
-            return kinds[k]
-        info = labels.get(lab)
-        if info is None:
-            raise _Refused  # registering an unknown label is the driver's to do
-        return info
-
     T = len(threads)
-    pos = np.zeros(T, np.int64)
-    left = np.zeros(T, np.int64)
-    nops = np.zeros(T, np.int64)
-    opk = np.zeros((T, 5), np.int64)
-    opc = np.zeros((T, 5), np.int64)
-    opcid = np.zeros((T, 5), np.int64)
-    oplab = np.zeros((T, 5), np.int64)
-    gc = np.zeros(T, np.int64)
-    gcid = np.zeros(T, np.int64)
-    glab = np.zeros(T, np.int64)
-    mode = np.zeros(T, np.int64)
-    who = np.zeros(T, np.int64)
-    clk = np.array(d._clk, np.int64)
-    parked = np.zeros(T, np.int64)
-    pcid = np.zeros(T, np.int64)
-    phand = np.zeros(T, np.int64)
-    pspin = np.zeros(T, np.int64)
-    grantp = np.zeros(T, np.int64)
-    held_t = np.full(T, -1, np.int64)
-    req_t = np.full(T, -1, np.int64)
-    takes = np.zeros(T, np.int64)
-    tsteps = np.zeros(T, np.int64)
-    rdcnt = np.zeros(T, np.int64)
-    fail = np.zeros(T, np.int64)
-    ci = np.zeros(T, np.int64)
+    readers = lock.readers
+    owner = lock.owner
+    cache = d._engine_cache
+    if len(cache) > _CACHE_MAX:
+        cache.clear()
     cas_keys: dict[int, str] = {}  # label slot of a body's cmpxchg -> its counter key
     bodies: list[tuple[int, Any, int, int]] = []  # (tid, template, first i, n)
-    readers = lock.readers
-    shared = lock.shared_ok
-    before: dict[int, tuple[bool, Any]] = {}
+    before: dict[int, tuple[bool, Any, int, int]] = {}
+    # per cycling thread, in the order of ``cyc``: rows for the arrays below
+    r_k: list[list[int]] = []
+    r_ns: list[list[int]] = []
+    r_cid: list[list[int]] = []
+    r_lab: list[list[int]] = []
+    r_scal: list[tuple[int, ...]] = []
     for x in cyc:
         tx = threads[x]
         seq = tx.cyc
-        if len(seq) > 5:
-            raise _Refused
-        acq = seq[0]
-        if acq.kind == O.READ_LOCK and not shared:
-            raise _Refused  # read_lock on a spinlock: the executor's lock-misuse
-        md = READ if acq.kind == O.READ_LOCK else 0
-        code = 1 if md == READ else (2 if shared else 0)
+        ent = cache.get(id(seq))
+        if ent is None or ent[0] is not seq:
+            ent = _static(d, lock, seq)  # raises _Refused
+            cache[id(seq)] = ent
+        _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, body, ck = ent
         wx = x * 4 + code
         j = tx.cyc_j
         pend = tx.pending
         g = pend.kind == O.GRANT
         if g and (j != 0 or pend.obj is not lock):
             raise _Refused
-        body = seq[1] if seq[1].kind == O.CAS else None
         if body is not None and not g and j == 1:
             i0 = tx.cyc_i  # this cycle's cmpxchg, built from the template
             if pend.kind != O.CAS or pend.obj is not body.obj or pend.lo != body.lo + i0:
@@ -450,26 +469,7 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         elif not g and pend is not seq[j]:
             raise _Refused
         # the position says whether the thread holds the lock: it must, exactly once
-        rel_i = -1
-        for i, op in enumerate(seq):
-            c = _classify(op.kind)
-            if c < 0 or (c == BODY) != (i == 1 and body is not None) or (
-                    c != NOP and c != BODY and op.obj is not lock):
-                raise _Refused
-            if c == REL:
-                rel_i = i
-            info = info_of(op.cost, op.kind)
-            if c == BODY:
-                cas_keys[slot(info)] = op.cost if op.cost is not None else "<cas>"
-                bodies.append((x, op, tx.cyc_i, tx.cyc_i + tx.cyc_left))
-            opk[x, i] = c
-            opc[x, i] = info.ns
-            opcid[x, i] = info.cid if info.cid >= 0 else rolecat[x]
-            oplab[x, i] = slot(info)
-        if _classify(acq.kind) != ACQ or rel_i < 1:
-            raise _Refused
         holding = 0 < j <= rel_i
-        owner = lock.owner
         rn = readers.get(x, 0)
         if md == READ:
             ok = rn == (1 if holding else 0) and (owner is None or owner != x)
@@ -478,39 +478,57 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         times = ls.held.get(wx)
         if not ok or len(times or ()) != (1 if holding else 0):
             raise _Refused
-        if x == tid or x in cseq:
-            if x in park:
-                raise _Refused
-        elif x not in park:
-            raise _Refused
         if x in park:
+            if x == tid or x in cseq:
+                raise _Refused
             cid_, hand_, spinning_, _leaf, _ls = park[x]
-            parked[x] = 1
-            pcid[x] = cid_
-            phand[x] = hand_
-            pspin[x] = 1 if spinning_ else 0
+            prec = (1, cid_, hand_, 1 if spinning_ else 0)
         else:
+            if x != tid and x not in cseq:
+                raise _Refused
             rec = ls.park_rec[md == READ] or d._lock_park_rec(lock, ls, md == READ)
-            pcid[x], phand[x], pspin[x] = rec[0], rec[1], 1 if rec[2] else 0
-        ginfo = info_of(acq.cost, O.GRANT)
-        gc[x] = ginfo.ns
-        gcid[x] = ginfo.cid if ginfo.cid >= 0 else rolecat[x]
-        glab[x] = slot(ginfo)
-        pos[x] = j
-        left[x] = tx.cyc_left
-        nops[x] = len(seq)
-        mode[x] = md
-        who[x] = wx
-        grantp[x] = 1 if g else 0
-        fail[x] = 1 if tx.cyc_fail else 0
-        ci[x] = tx.cyc_i
-        if holding:
-            held_t[x] = times[0]
+            prec = (0, rec[0], rec[1], 1 if rec[2] else 0)
+        rc = rolecat[x]
+        r_k.append(ks)
+        r_ns.append(nss)
+        r_cid.append([c if c >= 0 else rc for c in cids])
+        r_lab.append(labs)
+        req = -1
         if g:
             r = ls.req.get(x)
-            req_t[x] = -1 if r is None else r
-        rdcnt[x] = rn
-        before[x] = (holding, pend)
+            req = -1 if r is None else r
+        r_scal.append((j, tx.cyc_left, len(seq), md, wx, 1 if g else 0,
+                       1 if tx.cyc_fail else 0, tx.cyc_i, times[0] if holding else -1,
+                       req, rn, gns, gcid_ if gcid_ >= 0 else rc, glab_) + prec)
+        if body is not None:
+            cas_keys[labs[1]] = ck
+            bodies.append((x, body, tx.cyc_i, tx.cyc_i + tx.cyc_left))
+        before[x] = (holding, pend, md, rel_i)
+    idx = np.array(cyc, np.int64)
+    opk = np.zeros((T, 5), np.int64)
+    opc = np.zeros((T, 5), np.int64)
+    opcid = np.zeros((T, 5), np.int64)
+    oplab = np.zeros((T, 5), np.int64)
+    opk[idx] = r_k
+    opc[idx] = r_ns
+    opcid[idx] = r_cid
+    oplab[idx] = r_lab
+    sc = np.array(r_scal, np.int64)
+    cols = []
+    for c in range(sc.shape[1]):
+        col = np.zeros(T, np.int64)
+        col[idx] = sc[:, c]
+        cols.append(col)
+    (pos, left, nops, mode, who, grantp, fail, ci, held_t, req_t, rdcnt, gc, gcid, glab,
+     parked, pcid, phand, pspin) = cols
+    notc = np.ones(T, bool)
+    notc[idx] = False
+    held_t[notc] = -1
+    req_t[notc] = -1
+    takes = np.zeros(T, np.int64)
+    tsteps = np.zeros(T, np.int64)
+    clk = np.array(d._clk, np.int64)
+    infos = d._engine_infos
     # the lock's queue, in order
     qcap = T + 1
     qtid = np.zeros(qcap, np.int64)
@@ -704,7 +722,7 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> 
 
 
 def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
-                before: dict[int, tuple[bool, Any]], st: Any, ht: Any, hs: Any,
+                before: dict[int, tuple[bool, Any, int, int]], st: Any, ht: Any, hs: Any,
                 hid: Any, qtid: Any, qmode: Any, pos: Any, left: Any, parked: Any,
                 grantp: Any, held_t: Any, req_t: Any, takes: Any, tsteps: Any,
                 rdcnt: Any, clk: Any, cat: Any, infos: list[Any], lcnt: Any, ltot: Any,
@@ -746,12 +764,10 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
     dclk = d._clk
     for x in cyc:
         tx = threads[x]
-        was_holding, pend = before[x]
+        was_holding, pend, md, rel_i = before[x]
         seq = tx.cyc
         g = bool(grantp[x])
         j = int(pos[x])
-        md = READ if seq[0].kind == O.READ_LOCK else 0
-        rel_i = max(i for i, op in enumerate(seq) if _classify(op.kind) == REL)
         holding = (not g) and 0 < j <= rel_i
         tx.cyc_j = j
         tx.cyc_left = int(left[x])

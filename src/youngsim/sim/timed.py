@@ -653,8 +653,12 @@ class TimedDriver:
         #: ``engine_min_ops`` are stepped by the driver
         self.engine_min_stretch = _ENGINE_BACKOFF
         self.engine_min_ops = cycles.MIN_OPS
-        #: the engine's sample buffers (``cycles._hand_over`` allocates them once)
+        #: the engine's sample buffers (``cycles._hand_over`` allocates them once), its
+        #: per-``lock_cycles`` facts and its label counters' cost entries
         self._engine_buffers: Any = None
+        self._engine_cache: dict[int, Any] = {}
+        self._engine_infos: list[Any] = []
+        self._engine_slots: dict[int, int] = {}
 
     def _info(self, ns: float, per: float, vbase: float, cat: str | None, batch: bool,
               unknown: bool) -> _Cost:

@@ -652,6 +652,9 @@ class TimedDriver:
         #: whenever the engine may), and runs with fewer operations left than
         #: ``engine_min_ops`` are stepped by the driver
         self.engine_min_stretch = _ENGINE_BACKOFF
+        #: the steps the last hand-over had to take to pay for itself (its cost grows
+        #: with the threads it copies: ``cycles._hand_over`` sets it)
+        self._engine_worth = 0
         self.engine_min_ops = cycles.MIN_OPS
         #: the engine's sample buffers (``cycles._hand_over`` allocates them once), its
         #: per-``lock_cycles`` facts and its label counters' cost entries
@@ -942,7 +945,7 @@ class TimedDriver:
                 if t.cyc is not None and engine and self._steps + steps >= self._engine_retry:
                     n = cycles.hand_over(self, tid, now, limit,
                                          budget - steps if budget >= 0 else -1)
-                    if n >= self.engine_min_stretch:
+                    if n >= self.engine_min_stretch and n >= self._engine_worth:
                         self._engine_wait = _ENGINE_BACKOFF
                     elif n >= 0:  # refused, or a short stretch: not for a while, and
                         # for twice as long each time in a row (up to _ENGINE_MAX_WAIT)

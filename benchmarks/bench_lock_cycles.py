@@ -32,6 +32,11 @@ against ``cas`` in the loop), one ``lock_cycles`` per 512 faults (a leaf table's
 the table cleared between them by the model code), so the engine hands back to the
 driver once per chunk, as a fault stream would.
 
+``--stagger`` (with ``--body``) starts vCPU ``i`` ``i / vcpus`` of a chunk's time late, so
+the chunks end one at a time and the engine hands back about once per ``4 x 512``
+events instead of once per round of chunks: the hand-over-bound case a fault stream
+would be.
+
 It prints the wall time and the cost per lock cycle of each, and that cost extrapolated
 linearly to the lock traffic alone of the full-size target (``-v 112 -b 1G``: 29.4 M
 faults, and one per-page locked pass over as many pages): roughly a floor under that
@@ -78,6 +83,8 @@ def build(args: argparse.Namespace, fused: bool) -> Machine:
                 yield nop(cost="bench_read_gap")
             return
         table = m.new_words(f"vcpu{i}.spt", CHUNK)
+        if args.stagger:  # start vCPU i a fraction i / vcpus of a chunk's time late
+            yield nop(cost=f"bench_stagger{i}")
         for c0 in range(0, n, CHUNK):
             k = min(CHUNK, n - c0)
             new = np.arange(c0 + 1, c0 + k + 1, dtype=np.uint64)  # never 0
@@ -142,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--body", action="store_true",
                     help="each read cycle installs an entry by cmpxchg (fault-shaped), "
                     "one lock_cycles per 512 faults")
+    ap.add_argument("--stagger", action="store_true",
+                    help="with --body: start the vCPUs at evenly spread times, so their "
+                    "chunks end one at a time rather than together")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; best kept")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     args = ap.parse_args(argv)
@@ -150,12 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_lock_cycles: error: counts must be >= 1 and times >= 0",
               file=sys.stderr)
         return 2
+    if args.stagger and not args.body:
+        print("bench_lock_cycles: error: --stagger needs --body", file=sys.stderr)
+        return 2
     pin = "not pinned (--no-pin)" if args.no_pin else pin_one_core()
     cm = load_cost_model().with_labels({
         "bench_read_hold": {"ns": args.read_hold, "rationale": "benchmark: see docstring"},
         "bench_read_gap": {"ns": args.read_gap, "rationale": "benchmark: see docstring"},
         "bench_write_hold": {"ns": args.write_hold, "rationale": "benchmark: see docstring"},
-        "bench_write_gap": {"ns": args.write_gap, "rationale": "benchmark: see docstring"}})
+        "bench_write_gap": {"ns": args.write_gap, "rationale": "benchmark: see docstring"},
+        **{f"bench_stagger{i}": {
+            "ns": i * CHUNK * (args.read_hold + args.read_gap) // args.vcpus,
+            "rationale": "benchmark: --stagger"} for i in range(args.vcpus)}})
     writers = 0 if args.no_writer else 1
     cycles = (1 + writers) * args.vcpus * args.faults
     print(f"== mmu_lock cycles: {args.vcpus} vCPUs x {args.faults} read cycles + "

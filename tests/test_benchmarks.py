@@ -39,7 +39,8 @@ def test_aging_scale_benchmark_rejects_bad_input_in_one_line():
 LOCK_BENCH = BENCH.parent / "bench_lock_cycles.py"
 
 
-@pytest.mark.parametrize("writer", [[], ["--no-writer"], ["--body"]])
+@pytest.mark.parametrize("writer", [[], ["--no-writer"], ["--body"],
+                                    ["--body", "--stagger"]])
 def test_lock_cycle_benchmark_runs_both_ways_with_the_same_result(writer):
     r = subprocess.run([sys.executable, str(LOCK_BENCH), "--vcpus", "6", "--faults", "600",
                         "--repeat", "1", "--no-pin", *writer], capture_output=True,

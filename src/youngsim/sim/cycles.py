@@ -769,23 +769,31 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
     readers = lock.readers
     dcat = d._cat
     dclk = d._clk
+    # the arrays as lists once (indexing a list is cheaper than a numpy scalar)
+    grantp_l, pos_l, left_l, tsteps_l = (grantp.tolist(), pos.tolist(), left.tolist(),
+                                         tsteps.tolist())
+    rdcnt_l, takes_l, held_l, req_l = (rdcnt.tolist(), takes.tolist(), held_t.tolist(),
+                                       req_t.tolist())
+    parked_l, clk_l = parked.tolist(), clk.tolist()
     for x in cyc:
+        if not tsteps_l[x] and clk_l[x] == dclk[x] and bool(parked_l[x]) == (x in park):
+            continue  # neither stepped nor woken in the engine: nothing changed
         tx = threads[x]
         was_holding, pend, md, rel_i = before[x]
         seq = tx.cyc
-        g = bool(grantp[x])
-        j = int(pos[x])
+        g = bool(grantp_l[x])
+        j = pos_l[x]
         holding = (not g) and 0 < j <= rel_i
         tx.cyc_j = j
-        tx.cyc_left = int(left[x])
-        tx.steps += int(tsteps[x])
+        tx.cyc_left = left_l[x]
+        tx.steps += tsteps_l[x]
         if g:
             if pend.kind != O.GRANT:
                 pend = O._op(O.GRANT, lock, 0, 1, True, md, None, seq[0].cost, False)
             tx.pending = pend
         else:
             tx.pending = seq[j]
-        n = int(rdcnt[x])
+        n = rdcnt_l[x]
         if n:
             readers[x] = n
         else:
@@ -800,7 +808,7 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
                         del tx.locks[i]
                         break
                 tx.atomic -= 1
-        elif holding and takes[x]:
+        elif holding and takes_l[x]:
             # released and taken again: it is now the last lock taken
             for i, (lk, mm) in enumerate(tx.locks):
                 if lk is lock and mm == md:
@@ -810,8 +818,8 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
         if rs is not None:
             depth = rs.depth.get(x, 0)
             base = depth - (1 if was_holding else 0)
-            if base == 0 and takes[x]:
-                rs.section[x] = rs.section.get(x, 0) + int(takes[x])
+            if base == 0 and takes_l[x]:
+                rs.section[x] = rs.section.get(x, 0) + takes_l[x]
             nd = base + (1 if holding else 0)
             if nd:
                 rs.depth[x] = nd
@@ -822,21 +830,21 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
         times = ls.held.get(wx)
         if holding:
             if times is None:
-                ls.held[wx] = [int(held_t[x])]
+                ls.held[wx] = [held_l[x]]
             else:
-                times[:] = [int(held_t[x])]
+                times[:] = [held_l[x]]
         elif times:
             del times[:]
-        if g and req_t[x] >= 0:
-            ls.req[x] = int(req_t[x])
+        if g and req_l[x] >= 0:
+            ls.req[x] = req_l[x]
         else:
             ls.req.pop(x, None)
-        if parked[x]:
+        if parked_l[x]:
             if x not in park:
                 park[x] = ls.park_rec[md == READ] or d._lock_park_rec(lock, ls, md == READ)
         else:
             park.pop(x, None)
-        dclk[x] = int(clk[x])
+        dclk[x] = clk_l[x]
         row = dcat[x]
         row[:] = cat[x, :len(row)].tolist()
     m.nsteps += int(st[S_STEPS])

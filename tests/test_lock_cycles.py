@@ -18,7 +18,7 @@ from youngsim.sim import (CycleCas, Machine, Mutex, RcuDomain, RWLock, SpinLock,
                           fetch_add, load,
                           lock_cycles, mutex_lock, mutex_unlock, nop, rcu_read_lock,
                           rcu_read_unlock, read_lock, read_unlock, spin_lock, spin_unlock,
-                          store, synchronize_rcu, write_lock, write_unlock)
+                          store, synchronize_rcu, wait_until, write_lock, write_unlock)
 from youngsim.sim.costmodel import load_cost_model
 from youngsim.sim.explore import systematic
 from youngsim.sim.program import Program
@@ -74,7 +74,8 @@ _touch = st.tuples(st.just("touch"), st.integers(0, 3), st.sampled_from([None, "
 # from 0 to the thread's mark, so overlapping runs of two threads fail and stop early;
 # ("plain", cycles): the loop written out even in the fused run, so a thread that is
 # not cycling waits in the lock's queue among those that are
-_body = st.tuples(st.just("body"), _cycles, st.integers(0, 8), st.sampled_from([None, "a1"]))
+_body = st.tuples(st.just("body"), _cycles, st.integers(0, 8), st.sampled_from([None, "a1"]),
+                  st.integers(0, 2))
 _thread = st.lists(st.one_of(_cycles, _touch, st.tuples(st.just("rcu"), _cycles), _body,
                              st.tuples(st.just("plain"), _cycles)),
                    min_size=1, max_size=4)
@@ -111,9 +112,10 @@ def _build(m: Machine, spec: list[list[tuple[Any, ...]]], fused: bool,
         for si, seg in enumerate(segments):
             if seg[0] == "touch":
                 yield fetch_add(w, seg[1], 1, cost=seg[2])
-            elif seg[0] == "body":
+            elif seg[0] == "body":  # old: 0 (a free word) or another thread's mark
                 n = seg[1][2]
-                body = CycleCas(table, seg[2], np.zeros(n, np.uint64),
+                old = seg[4] if len(seg) > 4 else 0
+                body = CycleCas(table, seg[2], np.full(n, old, np.uint64),
                                 np.full(n, k + 1, np.uint64), cost=seg[3])
                 got = yield from cycles(seg[1], body)
                 yield store(returned, 4 * k + si, got + 1)
@@ -173,6 +175,7 @@ def _timed(spec: list[list[tuple[Any, ...]]], fused: bool, period: int | None = 
     out["words"] = [x.data.tolist() for x in words]  # the tables, what bodies returned
     if state:
         out["machine"] = _machine_state(m, locks)
+        out["driver"] = (dict(d._lines), dict(d._cas_att), dict(d._cas_fail))
     if fused and engine:
         _ENGINE_STEPS[0] += d.engine_steps
         _ENGINE_STEPS[1] += r.steps
@@ -232,9 +235,121 @@ def test_the_property_test_exercised_the_cycle_engine():
                 assert with_engine == _timed(spec, True, sched=sched, state=True, cm=cm,
                                              eager=False)  # when it is worth it only
                 with_engine.pop("machine")
+                with_engine.pop("driver")
                 assert with_engine == _timed(spec, False, sched=sched, cm=cm)
     engine, total = (a - b for a, b in zip(_ENGINE_STEPS, before))
     assert engine > total // 2, (engine, total)
+
+
+def _edge(name: str, m: Machine) -> list[Any]:
+    """Programs at the edges of what the engine may take over (from a review)."""
+    lk = SpinLock("l")
+
+    def spawn(n: int, body: CycleCas, label: str = "t") -> None:
+        def t() -> Any:
+            got = yield lock_cycles(lk, n, hold="h1", gap="g1", body=body)
+            yield store(body.words, 0, got)
+        m.spawn(t, name=label)
+
+    if name == "negative old":  # -1 as int64 is never a word (Python ints compare)
+        tab = m.new_words("tab", 16, init=(1 << 64) - 1)
+        for k in (1, 2):
+            spawn(8, CycleCas(tab, 1, np.full(8, -1, np.int64), np.full(8, k, np.int64)))
+        return [tab]
+    if name == "aliasing":  # two tables over the same memory
+        arena = m.new_words("arena", 64)
+        leaf = m.new_words("leaf", 16, data=arena.data[16:32])
+        spawn(16, CycleCas(arena, 8, np.zeros(16, np.uint64), np.full(16, 7, np.uint64)))
+        spawn(15, CycleCas(leaf, 1, np.zeros(15, np.uint64), np.full(15, 9, np.uint64)))
+        return [arena]
+    if name == "big table":  # 4096 words: the driver keeps its lines in arrays
+        tab = m.new_words("tab", 4096)
+        for k in (1, 2):
+            spawn(20, CycleCas(tab, 8 * k, np.zeros(20, np.uint64),
+                               np.full(20, k, np.uint64)))
+        return [tab]
+    if name == "waiter on the table":
+        tab = m.new_words("tab", 64)
+        spawn(30, CycleCas(tab, 1, np.zeros(30, np.uint64), np.ones(30, np.uint64)))
+        spawn(20, CycleCas(tab, 40, np.zeros(20, np.uint64), np.full(20, 2, np.uint64)))
+
+        def waiter() -> Any:
+            yield wait_until(tab, 12, (1 << 64) - 1, 1, cost="g1")
+            yield store(tab, 63, 5)
+        m.spawn(waiter, name="waiter")
+        return [tab]
+    if name == "past the end":  # the executor's error, at the cycle that commits it
+        tab = m.new_words("tab", 16)
+        spawn(20, CycleCas(tab, 1, np.zeros(20, np.uint64), np.ones(20, np.uint64)))
+        return [tab]
+    if name == "old changed while pending":  # a built cmpxchg keeps its values
+        tab = m.new_words("tab", 64)
+        old = np.zeros(40, np.uint64)
+        spawn(40, CycleCas(tab, 1, old, np.ones(40, np.uint64)))
+
+        def meddler() -> Any:
+            yield nop(cost="a1")
+            old[:] = 7
+            yield nop(cost="g2")
+        m.spawn(meddler, name="meddler")
+        return [tab]
+    if name == "distinct olds":  # each thread its own old values
+        tabs = [m.new_words(f"tab{k}", 32, init=5 + k) for k in (0, 1)]
+        for k in (0, 1):
+            spawn(20, CycleCas(tabs[k], 1, np.full(20, 5 + k, np.uint64),
+                               np.full(20, 9, np.uint64)))
+        return tabs
+    if name == "one line":  # two readers' cmpxchg on the words of one cache line
+        rw = RWLock("rw")
+        tab = m.new_words("tab", 16)
+        for k in (0, 1):
+            def r(k: int = k) -> Any:
+                body = CycleCas(tab, 1 + 3 * k, np.zeros(3, np.uint64), np.ones(3, np.uint64))
+                for _ in range(8):
+                    yield lock_cycles(rw, 3, read=True, gap="g1", body=body)
+                    yield store(tab, 1 + 3 * k, 0)
+                    yield store(tab, 2 + 3 * k, 0)
+                    yield store(tab, 3 + 3 * k, 0)
+            m.spawn(r, name=f"r{k}")
+        return [tab]
+    if name == "relabelled":  # the same operation yielded again with another hold
+        def t() -> Any:
+            op = lock_cycles(lk, 40, hold="h1", gap="g1")
+            yield op
+            op.a[1].cost = "h2"
+            yield op
+        m.spawn(t, name="t")
+        return []
+    if name == "bad value":  # old[1] is not an int: an exception, as in the loop
+        tab = m.new_words("tab", 8)
+        spawn(3, CycleCas(tab, 1, [0, None, 0], [1, 1, 1]))
+        return [tab]
+    raise AssertionError(name)
+
+
+def test_the_cycle_engine_at_the_edges_of_what_it_may_take():
+    """Each edge program gives the same result, words, machine and driver state with
+    the engine forced to take over wherever it may as with the driver alone."""
+    names = ["negative old", "aliasing", "big table", "waiter on the table",
+             "past the end", "old changed while pending", "distinct olds", "one line",
+             "relabelled", "bad value"]
+    for name, cm in ((n, c) for n in names for c in (CM, CM_EDGE)):
+        outs = []
+        for engine in (False, True):
+            m = Machine()
+            words = _edge(name, m)
+            d = TimedDriver(m, cm, cycle_engine=engine)
+            d.engine_min_stretch = d.engine_min_ops = 0
+            r = d.run()
+            x = r.to_dict()
+            x.pop("wall_s", None)
+            x["words"] = [w.data.tolist() for w in words]
+            x["machine"] = _machine_state(m, [])
+            x["driver"] = (dict(d._lines), dict(d._cas_att), dict(d._cas_fail))
+            outs.append(x)
+        assert outs[0] == outs[1], name
+    # the two that must be errors are, with the engine on too
+    assert outs[1]["violation"][0] == "exception"
 
 
 def test_a_misused_lock_is_reported_with_the_cycle_engine_on():

@@ -53,8 +53,8 @@ BODY = 4  # the cycle's cmpxchg (``lock_cycles(body=...)``)
 # indices of the scalar state array ``st``
 S_OWNER, S_NREADERS, S_LW_TID, S_LW_TIME, S_LK_ACQ, S_LK_CONT, S_LS_ACQ, S_LS_CONT, \
     S_SPIN, S_SLEEP, S_CONTENDED, S_STEPS, S_NOW, S_SEQ, S_QHEAD, S_QLEN, S_HN, S_NW, \
-    S_NH = range(19)
-NSTATE = 19
+    S_NH, S_LAST = range(20)
+NSTATE = 20
 
 # why ``run`` returned
 STOP_HORIZON = 0  # the next event is another thread's (or nothing is ready)
@@ -197,6 +197,7 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
         st[S_STEPS] += 1
         tsteps[tid] += 1
         st[S_NOW] = now
+        st[S_LAST] = tid
         clk[tid] = end
         wake = False
         if kind == ACQ:
@@ -349,6 +350,12 @@ def _static(d: Any, lock: Any, seq: tuple[Any, ...]) -> tuple[Any, ...]:
             ck)
 
 
+def _signature(seq: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What ``_static`` read of a cycle's operations (model code may change an
+    operation it yields again; the cached facts must then be computed again)."""
+    return tuple((op.kind, op.cost, id(op.obj), op.lo) for op in seq)
+
+
 def _info_of(d: Any, lab: str | None, k: int) -> Any:
     """The driver's cost entry for an operation (its label's, else its kind's)."""
     if lab is None:
@@ -444,7 +451,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     if len(cache) > _CACHE_MAX:
         cache.clear()
     cas_keys: dict[int, str] = {}  # label slot of a body's cmpxchg -> its counter key
-    bodies: list[tuple[int, Any, int, int]] = []  # (tid, template, first i, n)
+    # (tid, template, first i, n, its pending cmpxchg if built)
+    bodies: list[tuple[int, Any, int, int, Any]] = []
     before: dict[int, tuple[bool, Any, int, int]] = {}
     # per cycling thread, in the order of ``cyc``: rows for the arrays below
     r_k: list[list[int]] = []
@@ -456,10 +464,11 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         tx = threads[x]
         seq = tx.cyc
         ent = cache.get(id(seq))
-        if ent is None or ent[0] is not seq:
-            ent = _static(d, lock, seq)  # raises _Refused
+        sig = _signature(seq)
+        if ent is None or ent[0] is not seq or ent[-1] != sig:
+            ent = _static(d, lock, seq) + (sig,)  # raises _Refused
             cache[id(seq)] = ent
-        _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, body, ck = ent
+        _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, body, ck, _ = ent
         wx = x * 4 + code
         j = tx.cyc_j
         pend = tx.pending
@@ -506,7 +515,9 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
                        req, rn, gns, gcid_ if gcid_ >= 0 else rc, glab_) + prec)
         if body is not None:
             cas_keys[labs[1]] = ck
-            bodies.append((x, body, tx.cyc_i, tx.cyc_i + tx.cyc_left))
+            # a cmpxchg already built (pending) keeps the values it was built with
+            built = pend if (not g and j == 1) else None
+            bodies.append((x, body, tx.cyc_i, tx.cyc_i + tx.cyc_left, built))
         before[x] = (holding, pend, md, rel_i)
     idx = np.array(cyc, np.int64)
     opk = np.zeros((T, 5), np.int64)
@@ -590,12 +601,14 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
                 parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, infos,
                 lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
-    # the bodies: cycle indices, failures, pending cmpxchg, line stamps, cas counters
-    for x, tmpl, _i0, _n in bodies:
+    for x, i, f in zip(cyc, ci[idx].tolist(), fail[idx].tolist()):
         tx = m.threads[x]
-        i = int(ci[x])
         tx.cyc_i = i
-        tx.cyc_fail = bool(fail[x])
+        tx.cyc_fail = bool(f)
+    # the bodies: pending cmpxchg, line stamps, cas counters
+    for x, tmpl, _i0, _n, _b in bodies:
+        tx = m.threads[x]
+        i = tx.cyc_i
         if not grantp[x] and int(pos[x]) == 1:  # this cycle's cmpxchg is pending
             pend = before[x][1]
             if pend is tmpl or pend.kind != O.CAS or pend.lo != tmpl.lo + i:
@@ -646,7 +659,19 @@ class _Bodies:
                 lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
 
 
-def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> _Bodies:
+def _words64(values: Any, n: int) -> Any:
+    """The first ``n`` of a body's old or new values as a fresh uint64 array, if every
+    one is an integer in [0, 2**64) (else the executor's comparison of Python ints
+    is not the engine's: refused)."""
+    a = np.asarray(values[:n])
+    if len(a) < n or a.dtype.kind not in "iu" or (a.dtype.kind == "i" and n
+                                                      and int(a.min()) < 0):
+        raise _Refused
+    return a.astype(np.uint64)  # a copy
+
+
+def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int, Any]],
+            T: int) -> _Bodies:
     bx = _Bodies(T)
     if not bodies:
         return bx
@@ -657,7 +682,8 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> 
     olds: list[Any] = []
     news: list[Any] = []
     off = 0
-    for x, tmpl, i0, n in bodies:
+    roots: dict[int, int] = {}  # id of the memory a table is a view of -> its oid
+    for x, tmpl, i0, n, built in bodies:
         w = tmpl.obj
         oid = w.oid
         if oid is None or w.freed or d._waiters.get(oid) or w.data.dtype != np.uint64:
@@ -672,13 +698,18 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> 
         lo = tmpl.lo
         if lo < 0 or lo + n > len(w.data):
             raise _Refused  # the executor reports that; the engine does not
-        try:
-            o = np.asarray(tmpl.a[:n], dtype=np.uint64)
-            nw = np.asarray(tmpl.b[:n], dtype=np.uint64)
-        except (OverflowError, TypeError, ValueError):
-            raise _Refused from None
-        if len(o) < n or len(nw) < n:
-            raise _Refused
+        o = _words64(tmpl.a, n)
+        nw = _words64(tmpl.b, n)
+        if built is not None:  # built from the values of its time: those count
+            if not (0 <= built.a < 1 << 64 and 0 <= built.b < 1 << 64):
+                raise _Refused
+            o[i0] = built.a
+            nw[i0] = built.b
+        root = w.data
+        while root.base is not None:
+            root = root.base
+        if roots.setdefault(id(root), oid) != oid:
+            raise _Refused  # two tables sharing memory: their copies would diverge
         tables[oid] = w
         wa, wb = lo + i0, lo + n - 1
         if oid in wspan:
@@ -719,7 +750,7 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int]], T: int) -> 
                 bx.ltime[k] = v >> 32
                 bx.ltid[k] = v & 0xFFFFFFFF
             k += 1
-    for x, tmpl, _i0, _n in bodies:
+    for x, tmpl, _i0, _n, _b in bodies:
         oid = tmpl.obj.oid
         bx.lbase[x] = start[oid] - span[oid][0]
         bx.wbase[x] = wstart[oid] - wspan[oid][0]
@@ -849,6 +880,7 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
         row[:] = cat[x, :len(row)].tolist()
     m.nsteps += int(st[S_STEPS])
     m.now = int(st[S_NOW])
+    m.current = threads[int(st[S_LAST])]
     d._contended += int(st[S_CONTENDED])
     d.engine_steps += int(st[S_STEPS])
     # the ready queue: the foreign entries where they were, the cycling threads'

@@ -409,7 +409,7 @@ class Machine:
                 t.loc = _location(t.gen)
             if op.kind == _LOCK_CYCLES:
                 if self._start_cycles(t, op):
-                    value = 0 if op.a[1].kind == _CAS else None  # no cycles ran
+                    value = 0 if _has_body(op.a) else None  # no cycles ran
                     continue
                 return
             if op.sleeps and t.atomic:
@@ -469,7 +469,7 @@ class Machine:
             t.cyc_left -= 1
             if t.cyc_left == 0:
                 t.cyc = None
-                self._advance(t, t.cyc_i if seq[1].kind == _CAS else None)
+                self._advance(t, t.cyc_i if _has_body(seq) else None)
                 return
         t.cyc_j = j
         self._set_cycle_op(t, seq[j])
@@ -482,8 +482,13 @@ class Machine:
             if w.oid is None:  # as for a yielded operation (``_advance``)
                 w.oid = self._next_oid
                 self._next_oid += 1
-            op = O._op(_CAS, w, lo, lo + 1, True, int(op.a[i]), int(op.b[i]),
-                       op.cost, False)
+            try:
+                old, new = int(op.a[i]), int(op.b[i])
+            except Exception as e:  # a bad value: as if the model code had failed
+                t.cyc = None
+                self._advance_failed(t, e)
+                return
+            op = O._op(_CAS, w, lo, lo + 1, True, old, new, op.cost, False)
         elif op.sleeps and t.atomic:
             self._sleep_in_atomic(t, op)
         t.pending = op
@@ -771,6 +776,12 @@ class Machine:
 
 
 _NO_WRITES: tuple[Any, int, Any, int] = (None, 0, None, 0)
+
+
+def _has_body(seq: tuple[Op, ...]) -> bool:
+    """Does a ``lock_cycles``'s cycle carry a cmpxchg (its template follows the
+    acquire)?"""
+    return len(seq) > 1 and seq[1].kind == _CAS
 
 
 def _cas_template_ok(op: Op, n: int) -> bool:

@@ -12,7 +12,9 @@ step each:
   ``(time, sequence)`` order, the lock's request/grant/release with FIFO waiters and
   queued-rwlock fairness (only the queue head is granted; a reader behind a waiting
   writer waits), the wakeup handoff, the lock-word surcharge, CPU-time categories,
-  per-label counts and ns, and the lock's wait and hold samples by holder.
+  per-label counts and ns, and the lock's wait and hold samples by holder; and a
+  cycle's cmpxchg (``lock_cycles(body=...)``) with its cache-line surcharge, its cas
+  counters and the early end of a run whose cmpxchg failed.
 - ``hand_over`` (plain Python) is called by ``TimedDriver._loop`` when the thread it is
   about to step has such an operation pending. It checks that the engine may run,
   copies the state the loop needs into arrays, calls ``run``, and writes the result
@@ -21,13 +23,18 @@ step each:
 
 The engine stops *before* any event it cannot take: the first ready event of a thread
 that is not cycling on ``L`` (so the rest of the model runs where it always does), a
-thread's last operation of its last cycle (after it the generator resumes), the run's
-``until``/``max_steps`` limits, and a full sample buffer. It is entered only when
+thread's last operation of its last cycle or the release of a cycle whose cmpxchg
+failed (after it the generator resumes), the run's ``until``/``max_steps`` limits, and a
+full sample buffer. It is entered only when
 nothing it does can concern a thread outside it: no sampling, tracing or invariant
 checked on every step; ``L`` spinning (not a mutex); every waiter in ``L``'s queue
 cycling; nobody waiting for the RCU-sched grace period that spinning locks hold up;
-every label known to the cost model and none starting a TLB-flush batch; and each
-cycling thread holding ``L`` exactly as its position in the cycle says.
+every label known to the cost model and none starting a TLB-flush batch; each
+cycling thread holding ``L`` exactly as its position in the cycle says; and for a
+cmpxchg body, what ``_bodies`` checks (its table small, unwatched, not waited on, not
+sharing memory with another body's table, its values integers in [0, 2**64)). When
+to ask is ``TimedDriver``'s policy (``engine_min_stretch``, ``engine_min_ops``): a
+matter of speed, never of results.
 
 The contract (``tests/test_lock_cycles.py``): a run with the engine gives the same
 ``TimedResult`` as without it, apart from wall time.
@@ -67,7 +74,7 @@ STOP_FULL = 3  # the sample buffers are full
 SMALL_BATCH = 4096
 
 #: events one hand-over may record before returning (the wait and hold samples are
-#: buffered in arrays of this size, then appended to the driver's lists)
+#: buffered in arrays of this size, allocated once per driver)
 BUFFER = 1 << 18
 
 

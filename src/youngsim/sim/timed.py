@@ -317,7 +317,8 @@ _ENGINE_MAX_WAIT: Final = 1 << 16
 
 def _fold_into(dur: np.ndarray, who: np.ndarray, into: dict[int, Dist]) -> None:
     """Add each duration to the distribution of its holder (``tid * 4 + mode``): one
-    stable sort by holder, then one ``add_many`` per holder's run."""
+    sort by holder and bucket, then per holder its count, sum, extremes and bucket
+    counts (``Dist.add_counted``), as ``add_many`` of its samples would."""
     if not len(dur):
         return
     dur = np.asarray(dur, dtype=np.int64)

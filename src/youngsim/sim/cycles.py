@@ -399,9 +399,10 @@ MIN_OPS = 16
 
 def hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     """Run the engine from thread ``tid``'s pending operation (popped from the ready
-    queue at ``now``); return the steps it took, or 0 if it did not take over (then
-    nothing was changed): -1 when only this thread's run is about to end, so that
-    the driver asks again at its next cycling thread."""
+    queue at ``now``) and return the steps it took. If it did not take over, nothing
+    was changed and it returns 0 (refused: the driver backs off) or -1 (this thread's
+    run is about to end, or its cmpxchg failed: the driver steps it and asks again at
+    the next cycling thread, without backing off)."""
     t = d.m.threads[tid]
     seq = t.cyc
     if t.cyc_fail or t.cyc_left * len(seq) - t.cyc_j < d.engine_min_ops:

@@ -393,7 +393,7 @@ class _Refused(Exception):
 STEPS_PER_THREAD = 32
 
 #: a thread with fewer operations than this left in its run is stepped by the driver
-#: (a hand-over costs about as much as a hundred driver steps)
+#: (a hand-over costs at least as much as that many driver steps)
 MIN_OPS = 16
 
 
@@ -461,7 +461,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     cas_keys: dict[int, str] = {}  # label slot of a body's cmpxchg -> its counter key
     # (tid, template, first i, n, its pending cmpxchg if built)
     bodies: list[tuple[int, Any, int, int, Any]] = []
-    before: dict[int, tuple[bool, Any, int, int]] = {}
+    # per thread: holding the lock, its pending op, mode, release position, body
+    before: dict[int, tuple[bool, Any, int, int, Any]] = {}
     # per cycling thread, in the order of ``cyc``: rows for the arrays below
     r_k: list[list[int]] = []
     r_ns: list[list[int]] = []
@@ -526,7 +527,7 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
             # a cmpxchg already built (pending) keeps the values it was built with
             built = pend if (not g and j == 1) else None
             bodies.append((x, body, tx.cyc_i, tx.cyc_i + tx.cyc_left, built))
-        before[x] = (holding, pend, md, rel_i)
+        before[x] = (holding, pend, md, rel_i, body)
     idx = np.array(cyc, np.int64)
     opk = np.zeros((T, 5), np.int64)
     opc = np.zeros((T, 5), np.int64)
@@ -607,22 +608,9 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     if steps == 0:
         return 0  # nothing changed: the driver steps the popped thread itself
     _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
-                parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, infos,
-                lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
-    for x, i, f in zip(cyc, ci[idx].tolist(), fail[idx].tolist()):
-        tx = m.threads[x]
-        tx.cyc_i = i
-        tx.cyc_fail = bool(f)
-    # the bodies: pending cmpxchg, line stamps, cas counters
-    for x, tmpl, _i0, _n, _b in bodies:
-        tx = m.threads[x]
-        i = tx.cyc_i
-        if not grantp[x] and int(pos[x]) == 1:  # this cycle's cmpxchg is pending
-            pend = before[x][1]
-            if pend is tmpl or pend.kind != O.CAS or pend.lo != tmpl.lo + i:
-                pend = O._op(O.CAS, tmpl.obj, tmpl.lo + i, tmpl.lo + i + 1, True,
-                             int(tmpl.a[i]), int(tmpl.b[i]), tmpl.cost, False)
-            tx.pending = pend
+                parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, ci, fail,
+                infos, lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
+    # the bodies: words, line stamps, cas counters
     bx.write_back(d)
     for sl, key in cas_keys.items():
         if catt[sl]:
@@ -768,10 +756,11 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int, Any]],
 
 
 def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
-                before: dict[int, tuple[bool, Any, int, int]], st: Any, ht: Any, hs: Any,
+                before: dict[int, tuple[bool, Any, int, int, Any]], st: Any, ht: Any, hs: Any,
                 hid: Any, qtid: Any, qmode: Any, pos: Any, left: Any, parked: Any,
                 grantp: Any, held_t: Any, req_t: Any, takes: Any, tsteps: Any,
-                rdcnt: Any, clk: Any, cat: Any, infos: list[Any], lcnt: Any, ltot: Any,
+                rdcnt: Any, clk: Any, cat: Any, ci: Any, fail: Any, infos: list[Any],
+                lcnt: Any, ltot: Any,
                 wait_d: Any, wait_w: Any, hold_d: Any, hold_w: Any,
                 foreign: list[tuple[int, int, int]], rs: Any) -> None:
     threads = m.threads
@@ -814,24 +803,33 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
     rdcnt_l, takes_l, held_l, req_l = (rdcnt.tolist(), takes.tolist(), held_t.tolist(),
                                        req_t.tolist())
     parked_l, clk_l = parked.tolist(), clk.tolist()
+    ci_l, fail_l = ci.tolist(), fail.tolist()
     for x in cyc:
         if not tsteps_l[x] and clk_l[x] == dclk[x] and bool(parked_l[x]) == (x in park):
             continue  # neither stepped nor woken in the engine: nothing changed
         tx = threads[x]
-        was_holding, pend, md, rel_i = before[x]
+        was_holding, pend, md, rel_i, body = before[x]
         seq = tx.cyc
         g = bool(grantp_l[x])
         j = pos_l[x]
+        i = ci_l[x]
         holding = (not g) and 0 < j <= rel_i
+        # the pending operation: the one it had if it did not move on, else as the
+        # executor would have made it pending (a grant, this cycle's cmpxchg, ...)
+        same = j == tx.cyc_j and i == tx.cyc_i and g == (pend.kind == O.GRANT)
+        if not same:
+            if g:
+                pend = O.grant(lock, md, seq[0].cost)
+            elif body is not None and j == 1:
+                pend = O.cycle_cas(body, i)
+            else:
+                pend = seq[j]
+        tx.pending = pend
         tx.cyc_j = j
+        tx.cyc_i = i
+        tx.cyc_fail = bool(fail_l[x])
         tx.cyc_left = left_l[x]
         tx.steps += tsteps_l[x]
-        if g:
-            if pend.kind != O.GRANT:
-                pend = O._op(O.GRANT, lock, 0, 1, True, md, None, seq[0].cost, False)
-            tx.pending = pend
-        else:
-            tx.pending = seq[j]
         n = rdcnt_l[x]
         if n:
             readers[x] = n

@@ -476,19 +476,16 @@ class Machine:
 
     def _set_cycle_op(self, t: Thread, op: Op) -> None:
         if op.kind == _CAS:  # the body's template: this cycle's cmpxchg
-            i = t.cyc_i
-            lo = op.lo + i
             w = op.obj
             if w.oid is None:  # as for a yielded operation (``_advance``)
                 w.oid = self._next_oid
                 self._next_oid += 1
             try:
-                old, new = int(op.a[i]), int(op.b[i])
+                op = O.cycle_cas(op, t.cyc_i)
             except Exception as e:  # a bad value: as if the model code had failed
                 t.cyc = None
                 self._advance_failed(t, e)
                 return
-            op = O._op(_CAS, w, lo, lo + 1, True, old, new, op.cost, False)
         elif op.sleeps and t.atomic:
             self._sleep_in_atomic(t, op)
         t.pending = op
@@ -614,7 +611,7 @@ class Machine:
                         if self.rcu_sched is not None:
                             self.rcu_sched.read_lock(tid)
                 else:
-                    t.pending = O._op(_GRANT, lock, 0, 1, True, mode, None, op.cost, False)
+                    t.pending = O.grant(lock, mode, op.cost)
                 return None
             if k == _UNLOCK or k == _WRITE_UNLOCK or k == _READ_UNLOCK:
                 lock = op.obj

@@ -398,6 +398,21 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     return _op(LOCK_CYCLES, lock, 0, 1, True, tuple(seq), operator.index(n), None, False)
 
 
+def cycle_cas(template: Op, i: int) -> Op:
+    """Cycle ``i``'s cmpxchg of a ``lock_cycles`` body, from its template (the op
+    ``lock_cycles`` puts after the acquire): ``cas(words, lo + i, old[i], new[i])``.
+    The executor builds it when the cycle reaches it; the cycle engine too."""
+    lo = template.lo + i
+    return _op(CAS, template.obj, lo, lo + 1, True, int(template.a[i]),
+               int(template.b[i]), template.cost, False)
+
+
+def grant(lock: "Lock", mode: int, cost: str | None) -> Op:
+    """Internal: the wait of a refused lock request (``mode``: ``EXCL`` or ``READ``),
+    pending until the lock can be handed to this thread; ``cost`` is the request's."""
+    return _op(GRANT, lock, 0, 1, True, mode, None, cost, False)
+
+
 class CycleCas:
     """``lock_cycles``'s per-cycle cmpxchg: cycle ``i`` does ``cas(words, lo + i,
     old[i], new[i], cost)`` (``old`` and ``new``: sequences of at least the cycle

@@ -244,17 +244,9 @@ class Dist:
         if len(xs) == 0:
             return
         xs = np.asarray(xs, dtype=np.int64)
-        lo, hi = int(xs.min()), int(xs.max())
-        if self.n == 0 or lo < self.min:
-            self.min = lo
-        if hi > self.max:
-            self.max = hi
-        self.n += len(xs)
-        self.total += int(xs.sum())
         uk, cnt = np.unique(_bucket_keys(xs), return_counts=True)
-        bk = self.buckets
-        for key, n in zip(uk.tolist(), cnt.tolist()):
-            bk[key] = bk.get(key, 0) + n
+        self.add_counted(len(xs), int(xs.sum()), int(xs.min()), int(xs.max()),
+                         uk.tolist(), cnt.tolist())
 
     def add_counted(self, n: int, total: int, lo: int, hi: int, keys: list[int],
                     counts: list[int]) -> None:

@@ -405,6 +405,8 @@ def hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     the next cycling thread, without backing off)."""
     t = d.m.threads[tid]
     seq = t.cyc
+    if t.cyc_prog is not None:
+        return 0  # a ``lock_program``: its checks, notes and stores are the driver's
     if t.cyc_fail or t.cyc_left * len(seq) - t.cyc_j < d.engine_min_ops:
         return -1
     try:
@@ -436,6 +438,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     for i, (tm, x) in enumerate(zip(rq.times, rq.tids)):
         tx = threads[x]
         if tx.cyc is not None and tx.cyc[0].obj is lock:
+            if tx.cyc_prog is not None:
+                raise _Refused
             cyc.append(x)
             cseq[x] = i
         else:
@@ -445,7 +449,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         if x in cseq:
             continue
         tx = threads[x]
-        if x not in park or tx.cyc is None or tx.cyc[0].obj is not lock:
+        if (x not in park or tx.cyc is None or tx.cyc[0].obj is not lock
+                or tx.cyc_prog is not None):
             raise _Refused  # a waiter that is not cycling (or not parked and not ready)
         cyc.append(x)
     ls = d._locks.get(lock.oid)

@@ -96,7 +96,7 @@ NO_OP = O.nop("no operation")
 class Thread:
     __slots__ = ("tid", "name", "gen", "send", "pending", "done", "result", "locks",
                  "atomic", "steps", "loc", "daemon", "readers", "nalloc", "cyc",
-                 "cyc_left", "cyc_j", "cyc_i", "cyc_fail")
+                 "cyc_left", "cyc_j", "cyc_i", "cyc_fail", "cyc_prog", "cyc_at", "cyc_val")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
@@ -126,6 +126,11 @@ class Thread:
         #: failed: the run then ends at this cycle's release
         self.cyc_i = 0
         self.cyc_fail = False
+        #: a ``lock_program`` in progress (``cyc`` is its ``seq``), and the position of
+        #: the check that failed in this cycle's locked part
+        self.cyc_prog: O.CycleProgram | None = None
+        self.cyc_at = -1
+        self.cyc_val: Any = None  # and the value that check found
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"
@@ -409,7 +414,9 @@ class Machine:
                 t.loc = _location(t.gen)
             if op.kind == _LOCK_CYCLES:
                 if self._start_cycles(t, op):
-                    value = 0 if _has_body(op.a) else None  # no cycles ran
+                    a = op.a  # no cycles ran
+                    value = ((0, -1, None) if type(a) is O.CycleProgram
+                             else 0 if _has_body(a) else None)
                     continue
                 return
             if op.sleeps and t.atomic:
@@ -423,10 +430,24 @@ class Machine:
         cycles (the caller resumes the generator)."""
         n = op.b
         seq = op.a
-        if (type(n) is not int or n < 0 or not isinstance(op.obj, Lock)
+        prog: O.CycleProgram | None = None
+        if type(seq) is O.CycleProgram:
+            prog = seq
+            seq = prog.seq
+            if type(n) is int and n > 0 and not _program_ok(prog, n):
+                self.violation = Violation(
+                    "model-error", f"thread {t.name}: {op.describe()}: an operation of "
+                    "each cycle runs past its words or lacks a value for every cycle",
+                    t.tid)
+                t.pending = NO_OP
+                t.done = True
+                return False
+        if (type(n) is not int or n < 0
+                or not (isinstance(op.obj, Lock) or (prog is not None and op.obj is None))
                 or type(seq) is not tuple or not seq
                 or any(type(x) is not Op for x in seq)
-                or any(x.kind == _CAS and not _cas_template_ok(x, n) for x in seq)):
+                or (prog is None
+                    and any(x.kind == _CAS and not _cas_template_ok(x, n) for x in seq))):
             self.violation = Violation(
                 "model-error", f"thread {t.name}: {op.describe()}: needs a lock, its"
                 " operations, a cycle count >= 0 and, with a body, words and old and"
@@ -436,7 +457,13 @@ class Machine:
             return False
         if n == 0:
             return True
+        if prog is not None:  # as for yielded operations (``_advance``)
+            for x in seq:
+                if x.obj is not None and x.obj.oid is None:
+                    x.obj.oid = self._next_oid
+                    self._next_oid += 1
         t.cyc = seq
+        t.cyc_prog = prog
         t.cyc_left = n
         t.cyc_j = 0
         t.cyc_i = 0
@@ -451,6 +478,9 @@ class Machine:
         number of cycles whose cmpxchg succeeded."""
         seq = t.cyc
         assert seq is not None
+        if t.cyc_prog is not None:
+            self._next_program_op(t, t.cyc_prog, res)
+            return
         op = t.pending
         k = op.kind
         j = t.cyc_j + 1
@@ -474,7 +504,78 @@ class Machine:
         t.cyc_j = j
         self._set_cycle_op(t, seq[j])
 
+    def _next_program_op(self, t: Thread, prog: O.CycleProgram, res: Any) -> None:
+        """``_next_cycle_op`` for a ``lock_program``: checks, notes, and the end of the
+        run at a failed check (see ``ops.lock_program``)."""
+        seq = prog.seq
+        pos = t.cyc_j
+        i = t.cyc_i
+        e = prog.each[pos]
+        if e is not None and e.expect is not None:
+            try:
+                ok = (res & e.mask) == O.each_expected(e, i)
+            except Exception as x:  # a bad expected value: as if model code had failed
+                self._end_program(t)
+                self._advance_failed(t, x)
+                return
+            if not ok:
+                if pos > prog.rel:  # in the gap: the run ends here
+                    self._end_program(t)
+                    self._advance(t, (i, pos, res))
+                    return
+                t.cyc_fail = True  # in the locked part: straight to the release
+                t.cyc_at = pos
+                t.cyc_val = res
+                t.cyc_j = prog.rel
+                self._set_cycle_op(t, seq[prog.rel])
+                return
+        if t.cyc_fail and pos == prog.rel:
+            done = (i, t.cyc_at, t.cyc_val)
+            self._end_program(t)
+            self._advance(t, done)
+            return
+        note = prog.notes[pos]
+        if note is not None:
+            try:
+                note(i)
+            except Exception as x:
+                self._end_program(t)
+                self._advance_failed(t, x)
+                return
+        j = pos + 1
+        if j == len(seq):
+            j = 0
+            t.cyc_i = i + 1
+            t.cyc_left -= 1
+            if t.cyc_left == 0:
+                self._end_program(t)
+                self._advance(t, (i + 1, -1, None))
+                return
+        t.cyc_j = j
+        self._set_cycle_op(t, seq[j])
+
+    def _end_program(self, t: Thread) -> None:
+        t.cyc = None
+        t.cyc_prog = None
+        t.cyc_fail = False
+        t.cyc_at = -1
+        t.cyc_val = None
+
     def _set_cycle_op(self, t: Thread, op: Op) -> None:
+        prog = t.cyc_prog
+        if prog is not None:
+            ev = prog.each[t.cyc_j]
+            if ev is not None:
+                try:
+                    op = O.each_op(op, ev, t.cyc_i)
+                except Exception as x:  # a bad value: as if the model code had failed
+                    self._end_program(t)
+                    self._advance_failed(t, x)
+                    return
+            elif op.sleeps and t.atomic:
+                self._sleep_in_atomic(t, op)
+            t.pending = op
+            return
         if op.kind == _CAS:  # the body's template: this cycle's cmpxchg
             w = op.obj
             if w.oid is None:  # as for a yielded operation (``_advance``)
@@ -779,6 +880,27 @@ def _has_body(seq: tuple[Op, ...]) -> bool:
     """Does a ``lock_cycles``'s cycle carry a cmpxchg (its template follows the
     acquire)?"""
     return len(seq) > 1 and seq[1].kind == _CAS
+
+
+def _program_ok(prog: O.CycleProgram, n: int) -> bool:
+    """A ``lock_program``'s operations that vary with the cycle stay in their words and
+    have values for n cycles."""
+    try:
+        for e in prog.each:
+            if e is None:
+                continue
+            w = e.op.obj
+            last = e.op.lo + e.stride * (n - 1)
+            if type(w) is not Words or not (0 <= e.op.lo < len(w.data)
+                                             and 0 <= last < len(w.data)):
+                return False
+            if e.values is not None and len(e.values) < n:
+                return False
+            if e.expect is not None and type(e.expect) is not int and len(e.expect) < n:
+                return False
+        return True
+    except TypeError:
+        return False
 
 
 def _cas_template_ok(op: Op, n: int) -> bool:

@@ -429,6 +429,135 @@ class CycleCas:
         self.cost = cost
 
 
+class Each:
+    """One operation of every cycle of a ``lock_program`` that varies with the cycle
+    ``i``: a load, a store or a cmpxchg of word ``lo + stride * i`` (``each_load``,
+    ``each_store``, ``each_cas``)."""
+
+    __slots__ = ("op", "stride", "values", "expect", "mask")
+
+    def __init__(self, op: Op, stride: int, values: Any, expect: Any, mask: int) -> None:
+        self.op = op
+        self.stride = operator.index(stride)
+        self.values = values  # a store's value, a cmpxchg's new value: per cycle
+        self.expect = expect  # a load's or cmpxchg's expected value: per cycle, or one
+        self.mask = mask
+
+
+def each_load(words: "Words", lo: int, stride: int = 1, expect: Any = None,
+              mask: int = (1 << 64) - 1, cost: str | None = None) -> Each:
+    """Cycle ``i`` loads ``words[lo + stride * i]``. With ``expect`` (an int, or one
+    value per cycle) it is a *check*: if ``value & mask`` differs, the cycle fails."""
+    return Each(load(words, lo, cost), stride, None, expect, mask)
+
+
+def each_store(words: "Words", lo: int, values: Any, stride: int = 1,
+               cost: str | None = None) -> Each:
+    """Cycle ``i`` stores ``values[i]`` to ``words[lo + stride * i]``."""
+    return Each(store(words, lo, 0, cost), stride, values, None, (1 << 64) - 1)
+
+
+def each_cas(words: "Words", lo: int, old: Any, new: Any, stride: int = 1,
+             cost: str | None = None) -> Each:
+    """Cycle ``i`` does ``cas(words, lo + stride * i, old[i], new[i])``; it fails if
+    the word was not ``old[i]``."""
+    return Each(cas(words, lo, 0, 0, cost), stride, new, old, (1 << 64) - 1)
+
+
+class CycleProgram:
+    """What ``lock_program`` yields (as its operation's ``a``): the operations of one
+    cycle, ``seq`` (the acquire, the locked part, the release, the gap), and per
+    position: the stride, values, expected values and mask of an ``Each`` (None for an
+    operation run as it is), a note to call, and profile frames. ``rel`` is the
+    release's position."""
+
+    __slots__ = ("seq", "each", "notes", "frames", "rel")
+
+    def __init__(self, seq: tuple[Op, ...], each: tuple["Each | None", ...],
+                 notes: tuple[Any, ...], frames: tuple[tuple[str, ...], ...],
+                 rel: int) -> None:
+        self.seq = seq
+        self.each = each
+        self.notes = notes
+        self.frames = frames
+        self.rel = rel
+
+
+def lock_program(lock: "Lock | None", n: int, locked: Any = (), gap: Any = (),
+                 read: bool = False,
+                 acquire: str | None = None, release: str | None = None,
+                 notes: dict[int, Callable[[int], None]] | None = None,
+                 frames: dict[int, tuple[str, ...]] | None = None) -> Op:
+    """``n`` cycles of: take ``lock``; the operations ``locked``; release it; the
+    operations ``gap``: a fault stream's cycles, each page's fault as the operations
+    the per-page code would yield (docs/timed.md, "Fault streams").
+
+    Each operation is an ``Op`` run as it is every cycle (a ``nop``, a ``wait_until``,
+    a store to a fixed word...) or an ``Each`` that varies with the cycle. A *check* (an
+    ``each_load`` with ``expect``, or an ``each_cas``) that fails ends the run: in the
+    locked part, the rest of it is skipped and the cycle releases the lock at once; in
+    the gap, the run ends right after it. The operation returns ``(i, j, v)``: the
+    cycle, the position in the cycle (0 is the acquire, ``len(locked) + 1`` the
+    release) and the value found of the failed check, or ``(n, -1, None)`` when every
+    cycle ran.
+
+    ``notes[j]`` is called with the cycle ``i`` right after position ``j`` ran (and its
+    check passed), as model code after a yield would run: to record ghost state or a
+    time stamp (``Machine.now``). ``frames[j]`` are function names the profile adds
+    below the thread's own stack for position ``j``'s samples.
+
+    With ``lock`` None a cycle is the operations ``gap`` alone (``locked`` must be
+    empty): positions count from 0 and a failed check ends the run right after it.
+
+    ``read`` and the labels are ``lock_cycles``'s. Both drivers run each operation as
+    an ordinary step (``Machine._next_cycle_op``); the cycle engine leaves programs to
+    the driver."""
+    if lock is None:
+        if locked or not gap:
+            raise ValueError("lock_program: without a lock, a cycle is the operations "
+                             "of gap (at least one), none under a lock")
+        return _program(None, n, list(gap), -1, notes, frames)
+    if read:
+        acq, rel = read_lock(lock, acquire), read_unlock(lock, release)
+    elif lock.shared_ok:
+        acq, rel = write_lock(lock, acquire), write_unlock(lock, release)
+    elif lock.sleeping:
+        acq, rel = mutex_lock(lock, acquire), mutex_unlock(lock, release)
+    else:
+        acq, rel = spin_lock(lock, acquire), spin_unlock(lock, release)
+    return _program(lock, n, [acq, *locked, rel, *gap], len(locked) + 1, notes, frames)
+
+
+def _program(lock: "Lock | None", n: int, parts: list[Any], rel: int,
+             notes: dict[int, Callable[[int], None]] | None,
+             frames: dict[int, tuple[str, ...]] | None) -> Op:
+    seq = tuple(x.op if type(x) is Each else x for x in parts)
+    each = tuple(x if type(x) is Each else None for x in parts)
+    nts = tuple((notes or {}).get(j) for j in range(len(parts)))
+    frs = tuple((frames or {}).get(j, ()) for j in range(len(parts)))
+    prog = CycleProgram(seq, each, nts, frs, rel)
+    return _op(LOCK_CYCLES, lock, 0, 1, True, prog, operator.index(n), None, False)
+
+
+def each_op(template: Op, e: Each, i: int) -> Op:
+    """Cycle ``i``'s operation of an ``Each``."""
+    lo = template.lo + e.stride * i
+    k = template.kind
+    if k == LOAD:
+        return _op(LOAD, template.obj, lo, lo + 1, False, None, None, template.cost, False)
+    if k == STORE:
+        return _op(STORE, template.obj, lo, lo + 1, True, int(e.values[i]), None,
+                   template.cost, False)
+    return _op(CAS, template.obj, lo, lo + 1, True, int(e.expect[i]), int(e.values[i]),
+               template.cost, False)
+
+
+def each_expected(e: Each, i: int) -> int:
+    """What cycle ``i``'s check of an ``Each`` expects (an int, or one per cycle)."""
+    x = e.expect
+    return x if type(x) is int else int(x[i])
+
+
 # --- RCU ------------------------------------------------------------------------------
 
 def rcu_read_lock(domain: "RcuDomain", cost: str | None = None) -> Op:

@@ -1149,7 +1149,11 @@ class TimedDriver:
             self.profile.add(self._stack(tid, t), n)
 
     def _stack(self, tid: int, t: Any) -> tuple[str, ...]:
-        return (f"[{self._role[tid]}]",) + generator_stack(t.gen)
+        stack = (f"[{self._role[tid]}]",) + generator_stack(t.gen)
+        prog = t.cyc_prog
+        if prog is not None:  # a ``lock_program``'s frames for this operation
+            stack += prog.frames[t.cyc_j]
+        return stack
 
     def _sample_stack(self, tid: int, stack: tuple[str, ...], c: int) -> None:
         """``_sample`` with a stack taken earlier (the thread has moved on since)."""

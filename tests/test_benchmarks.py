@@ -55,3 +55,21 @@ def test_lock_cycle_benchmark_rejects_bad_input_in_one_line():
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "counts must be >= 1 and times >= 0" in r.stderr
+
+
+STREAM_BENCH = BENCH.parent / "bench_fault_stream.py"
+
+
+def test_fault_stream_benchmark_runs_both_ways_with_the_same_result():
+    r = subprocess.run([sys.executable, str(STREAM_BENCH), "-v", "4", "-b", "256K",
+                        "--rounds", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("results identical") == 2
+    assert "per page / streams" in r.stdout
+
+
+def test_fault_stream_benchmark_rejects_bad_input_in_one_line():
+    r = subprocess.run([sys.executable, str(STREAM_BENCH), "-b", "3K"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "multiple of the 4 KiB page size" in r.stderr

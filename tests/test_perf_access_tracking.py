@@ -127,6 +127,25 @@ def test_keep_tlb_turns_the_young_again_check_into_a_warning(capsys):
     assert rc == 0 and "check WARN" in out
 
 
+def test_per_page_faults_gives_the_same_json(capsys, tmp_path):
+    """``--per-page-faults`` runs every fault through the per-page code: the JSON is the
+    same as with fault streams, apart from the config echo."""
+    import json
+    outs = []
+    for extra in ([], ["--per-page-faults"]):
+        path = tmp_path / f"r{len(outs)}.json"
+        rc, _, _ = run_cli(capsys, "-v", "2", "-b", "256K", "-p", "--design", "upstream",
+                           "--mmu", "x86-tdp", "--json", str(path), *extra)
+        assert rc == 0
+        d = json.loads(path.read_text())
+        d.pop("wall_s", None)
+        outs.append(d)
+    a, b = outs
+    assert a["config"].pop("fault_streams") is True
+    assert b["config"].pop("fault_streams") is False
+    assert a == b
+
+
 D = ["--design", "upstream", "--mmu", "x86-tdp"]
 
 

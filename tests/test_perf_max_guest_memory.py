@@ -370,6 +370,8 @@ def test_direct_reclaim_by_faulting_vcpus_and_the_switch_that_turns_it_off(capsy
     (["-b", "32K"], "option -b is not an option of max_guest_memory_test"),
     (["-p"], "option -p is not an option of max_guest_memory_test"),
     (["--keep-tlb"], "option --keep-tlb is not an option of max_guest_memory_test"),
+    (["--per-page-faults"],
+     "option --per-page-faults is not an option of max_guest_memory_test"),
     # a bare -m is GiB, as in the selftest: 1 GiB is above the cap
     (["-m", "1"], f"-m {1 << 30} bytes is {(1 << 30) // PAGE_SIZE} pages, above"),
     (["-m", f"{(MAX_TOTAL_PAGES + 1) * PAGE_SIZE >> 10}K"], "above this build's cap"),

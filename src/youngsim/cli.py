@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-tlb", action="store_true",
                    help="do not empty each vCPU's TLB between steps (the selftest's"
                         " nested-VM case: the TLB keeps what fits in its 1536 entries)")
+    t.add_argument("--per-page-faults", action="store_true",
+                   help="access_tracking_perf_test: run every vCPU fault through the "
+                        "per-page code instead of fault streams (the same results, "
+                        "slower: a check of the streams)")
 
     c2 = sub.add_parser("compare", help="designs side by side on the timed driver: a table "
                                          "and a report folder")
@@ -355,12 +359,13 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 _SCENARIO_OPTIONS = {
     "access_tracking_perf_test": ("vcpus", "bytes_per_vcpu", "benchmark", "keep_tlb",
-                                  "page_idle"),
+                                  "page_idle", "per_page_faults"),
     "max_guest_memory_test": ("nr_vcpus", "max_mem", "slot_size", "host_mem",
                               "no_direct_reclaim", "lru"),
 }
 _OPTION_NAMES = {"vcpus": "-v", "bytes_per_vcpu": "-b", "benchmark": "-p",
-                 "keep_tlb": "--keep-tlb", "page_idle": "--page-idle", "nr_vcpus": "-c", "max_mem": "-m",
+                 "keep_tlb": "--keep-tlb", "page_idle": "--page-idle",
+                 "per_page_faults": "--per-page-faults", "nr_vcpus": "-c", "max_mem": "-m",
                  "slot_size": "-s", "host_mem": "--host-mem",
                  "no_direct_reclaim": "--no-direct-reclaim", "lru": "--lru"}
 
@@ -391,7 +396,7 @@ def _scenario_result(a: argparse.Namespace) -> Any:
                          bytes_per_vcpu=(a.bytes_per_vcpu if a.bytes_per_vcpu is not None
                                          else DEFAULT_BYTES_PER_VCPU),
                          benchmark=a.benchmark, seed=a.seed, keep_tlb=a.keep_tlb,
-                         page_idle=a.page_idle,
+                         page_idle=a.page_idle, fault_streams=not a.per_page_faults,
                          profile_period_ns=period)
             cfg.validate()
             cm = perf_cost_model(a.cost_model)  # ValueError: a file that does not validate

@@ -97,6 +97,10 @@ class System:
         #: measured values by key: machine ints (8 bytes each), not a list of Python ints
         #: (about 36 bytes each): a full-size run records one per fault, 29.4 M
         self.samples: dict[str, array[int]] = {}
+        #: let vCPUs run their first touches of a leaf table's pages as fault streams
+        #: (``KvmArchMmu.fault_stream``: the same operations, fewer resumptions of
+        #: model code); False runs every access through ``guest_access``
+        self.fault_streams = True
         m.use_rcu_sched(self.rcu)
 
     def bug(self, name: str) -> bool:

@@ -26,6 +26,9 @@ How it is built
 ---------------
 - The host is ``check.model.build_system`` with the primary MMU prefaulted (the
   selftest's memslot is host-prefaulted); the vCPU threads run ``hw.vcpu.guest_access``
+  (through ``guest_access_range``: first touches of a leaf table's pages run as fault
+  streams, the same operations in one ``lock_program``, ``kernel/x86/fault_stream.py``;
+  ``--per-page-faults`` turns them off, with the same results)
   and the aging pass is ``reclaim.walk_mm`` (``vmscan.walk_pte_range`` once per leaf page
   table), as the selftest's ``lru_gen`` debugfs write runs it (``run_aging`` ->
   ``try_to_inc_max_seq`` -> ``walk_mm``; the scenario has no LRU lists, so only the walk
@@ -83,7 +86,7 @@ import numpy as np
 from ..check.model import build_system
 from ..kernel.arm64 import pgtable as P
 from ..kernel.arm64.mmu import Arm64Stage2Mmu
-from ..kernel.hw.vcpu import guest_access
+from ..kernel.hw.vcpu import guest_access_range
 from ..kernel.mm.mm import pte_pfn, pte_present
 from ..kernel.mm.page_idle import (BITMAP_CHUNK_BITS, page_idle_bitmap_read,
                                    page_idle_bitmap_write)
@@ -138,6 +141,8 @@ class Config:
     page_idle: bool = False
     #: stack-sample every this many ns of a thread's on-CPU virtual time (0: off)
     profile_period_ns: int = 0
+    #: vCPU faults as fault streams where they apply (same results; False: per page)
+    fault_streams: bool = True
 
     @property
     def pages_per_vcpu(self) -> int:
@@ -185,6 +190,7 @@ class _Harness:
                        PAGE_IDLE_PHASES if cfg.page_idle else PHASES)
         self.sys = build_system(m, cfg.design, cfg.mmu, npages=cfg.total_pages,
                                 nvcpus=cfg.vcpus, prefault_primary=True)
+        self.sys.fault_streams = cfg.fault_streams
         # the per-step invariants, evaluated at phase boundaries instead (see above)
         self.invariants = list(m.invariants)
         m.invariants.clear()
@@ -264,9 +270,7 @@ class _Harness:
             if k > 0 and not self.cfg.keep_tlb:
                 yield vstore(vcpu.tlb, 0, np.zeros(len(vcpu.tlb), dtype=np.uint64),
                              cost="perf_tlb_reach")
-            write = kind == "write"
-            for g in range(lo, hi):
-                yield from guest_access(sys, vcpu, g, write)
+            yield from guest_access_range(sys, vcpu, lo, hi, kind == "write")
             yield from stamp(f"end:{k}:{i}")
             yield fetch_add(ctl, 2 + k, 1, cost="perf_vcpu_done")
 
@@ -413,7 +417,7 @@ def _to_dict(res: PerfResult) -> dict[str, Any]:
                    "bytes_per_vcpu": cfg.bytes_per_vcpu,
                    "pages_per_vcpu": cfg.pages_per_vcpu, "total_pages": cfg.total_pages,
                    "benchmark": cfg.benchmark, "seed": cfg.seed, "keep_tlb": cfg.keep_tlb,
-                   "page_idle": cfg.page_idle},
+                   "page_idle": cfg.page_idle, "fault_streams": cfg.fault_streams},
         "scale_note": (f"small scale: {cfg.total_pages} pages simulated one operation at a "
                        f"time (cap {MAX_TOTAL_PAGES}); figures come from the cost model, "
                        "not from hardware"),

@@ -71,28 +71,65 @@ class Vcpu:
         return gfn % len(self.tlb)
 
 
-def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool) -> Gen:
-    """One guest load or store to page ``gfn``."""
+#: where ``guest_access`` starts: a new access; the walk after a fault; the fault
+#: handler after the VM exit; the re-entry after the fault handler (a stream that
+#: stopped in the middle of a page's access hands it over at one of these)
+START, WALK, FAULT, ENTER = 0, 1, 2, 3
+
+
+def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int = START,
+                 fault_at: int = -1, walk: Gen | None = None) -> Gen:
+    """One guest load or store to page ``gfn`` (from ``resume``, with the fault that
+    started it at virtual time ``fault_at`` if there was one, and ``walk`` instead of
+    the arch's ``hw_walk`` for the first walk, when a stream handed over in one)."""
     arch = vcpu.kvm.arch
-    yield from vcpu_enter(vcpu, "guest_insn")
     slot = vcpu.tlb_slot(gfn)
-    t = yield load(vcpu.tlb, slot, cost="tlb_lookup")
-    if tlb_hit(t, gfn, write):
+    hit = False
+    if resume == START:
+        yield from vcpu_enter(vcpu, "guest_insn")
+        t = yield load(vcpu.tlb, slot, cost="tlb_lookup")
+        hit = tlb_hit(t, gfn, write)
+    if hit:
         sys.count("tlb_hits")
     else:
-        fault_at = -1
-        while not (yield from arch.hw_walk(vcpu, gfn, write)):
-            if fault_at < 0:
-                fault_at = sys.m.now  # the EPT violation / stage-2 abort
-            yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
-            sys.count("vcpu_faults")
-            yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
+        at = resume
+        while True:
+            if at <= WALK:
+                if walk is None:
+                    walk = arch.hw_walk(vcpu, gfn, write)
+                ok = yield from walk
+                walk = None
+                if ok:
+                    break
+                if fault_at < 0:
+                    fault_at = sys.m.now  # the EPT violation / stage-2 abort
+                yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
+                sys.count("vcpu_faults")
+                at = FAULT
+            if at == FAULT:
+                yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
             yield from vcpu_enter(vcpu, "vm_entry")
+            at = WALK
         if fault_at >= 0:  # virtual time from the fault to the translation that worked
             sys.sample("fault_latency_ns", sys.m.now - fault_at)
         yield store(vcpu.tlb, slot, tlb_entry(gfn, write), cost="tlb_fill")
     sys.ghost.accessed[gfn] = True
     yield store(vcpu.insn, 0, 0, cost="guest_insn_end")
+
+
+def guest_access_range(sys: "System", vcpu: Vcpu, lo: int, hi: int, write: bool) -> Gen:
+    """Guest accesses to pages ``[lo, hi)`` in order: as many as the arch can at a time
+    as a fault stream (``KvmArchMmu.fault_stream``: the same operations, without the
+    model code between them), the others one ``guest_access`` each."""
+    arch = vcpu.kvm.arch
+    g = lo
+    while g < hi:
+        n = yield from arch.fault_stream(vcpu, g, hi, write)
+        if n:
+            g += n
+        else:
+            yield from guest_access(sys, vcpu, g, write)
+            g += 1
 
 
 def vcpu_enter(vcpu: Vcpu, cost: str) -> Gen:

@@ -66,6 +66,14 @@ class KvmArchMmu:
     def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
         raise NotImplementedError
 
+    def fault_stream(self, vcpu: "Vcpu", gfn: int, hi: int, write: bool) -> Gen:
+        """Guest accesses to pages ``gfn, gfn + 1, ...`` (below ``hi``) that fault, as
+        a stream of the per-page operations (``hw.vcpu.guest_access_range``); returns
+        how many pages it accessed, 0 if it does not apply from ``gfn`` (the caller
+        then takes that page on its own). The default: no streams."""
+        return 0
+        yield  # pragma: no cover  (a generator)
+
     # -- model-side: invariants and scenarios ----------------------------------------
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:
         """Per gfn, as numpy arrays: (raw leaf entries, present, pfn, dirty)."""

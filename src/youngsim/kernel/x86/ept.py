@@ -31,17 +31,22 @@ class EptTables(TwoLevelTables):
         return S.make_nonleaf_spte(addr, self.ad)
 
 
-def ept_walk(tables: TwoLevelTables, gfn: int, write: bool) -> Gen:
+def ept_walk(tables: TwoLevelTables, gfn: int, write: bool, root: int | None = None,
+             leaf: int | None = None) -> Gen:
     """A TLB miss: walk to the leaf and, if A/D bits are on, set A (and D on a write)
     with an atomic update, as the page walker's locked RMW does. False means an EPT
-    violation (the vCPU exits to KVM)."""
+    violation (the vCPU exits to KVM). ``root`` and ``leaf``: the walk's loads already
+    ran and found these (a fault stream hands the walk over at a failed check)."""
     ri, li = tables.split(gfn)
-    e = yield load(tables.root, ri, cost="hw_walk")
+    e = (yield load(tables.root, ri, cost="hw_walk")) if root is None else root
     if not S.hw_present(e):
         return False
     table = tables.child(e)
     while True:
-        s = yield load(table, li, cost="hw_walk")
+        if leaf is None:
+            s = yield load(table, li, cost="hw_walk")
+        else:
+            s, leaf = leaf, None
         if not S.hw_present(s) or (write and not s & S.VMX_EPT_WRITABLE):
             return False
         if not S.spte_ad_enabled(s):

@@ -13,6 +13,7 @@ from ..kvm.arch import KvmArchMmu
 from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_mmu_invalidate_wait)
 from . import spte as S
 from .ept import spte_leaf_view
+from .fault_stream import fault_stream
 from .tdp_mmu import RET_PF_RETRY, TdpMmu
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class X86TdpMmu(KvmArchMmu):
         if ret == RET_PF_RETRY:
             yield from kvm_mmu_invalidate_wait(kvm)
         return ret
+
+    def fault_stream(self, vcpu: "Vcpu", gfn: int, hi: int, write: bool) -> Gen:
+        """First touches of consecutive pages as one stream (``fault_stream.py``)."""
+        return (yield from fault_stream(self, vcpu, gfn, hi, write))
 
     # -- model side ------------------------------------------------------------------
     def leaf_view(self) -> tuple[Any, Any, Any, Any]:

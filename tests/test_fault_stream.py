@@ -72,6 +72,35 @@ def test_streams_give_the_per_page_results(monkeypatch, design, mmu, vcpus, nbyt
     assert a.timed.steps == b.timed.steps
 
 
+@pytest.mark.parametrize("design,mmu,vcpus,nbytes,bench", [
+    ("upstream", "x86-tdp", 4, 1 << 20, False),    # every phase; populate alone
+    ("upstream", "x86-tdp", 4, 1 << 20, True),     # -p: the ager bounds the engine
+    ("legacy", "x86-tdp", 3, 1 << 20, True),       # TLB flushes: vCPUs wait (parked)
+    ("reviewed-locked", "x86-tdp-noad", 3, 512 << 10, False),
+])
+def test_the_cycle_engine_runs_streams_with_the_same_results(monkeypatch, design, mmu,
+                                                              vcpus, nbytes, bench):
+    """With the cycle engine taking over wherever it may (not only where it pays), the
+    streams' programs run in it and the results are still the per-page code's."""
+    from youngsim.sim.timed import TimedDriver
+    init = TimedDriver.__init__
+    engine = [0]
+    drivers: list[Any] = []
+
+    def eager(d: Any, *a: Any, **kw: Any) -> None:
+        init(d, *a, **kw)
+        d.engine_min_stretch = 0
+        d.engine_min_ops = 0
+        drivers.append(d)
+    monkeypatch.setattr(TimedDriver, "__init__", eager)
+    cfg = Config(design=design, mmu=mmu, vcpus=vcpus, bytes_per_vcpu=nbytes,
+                 benchmark=bench)
+    da, db, a, b = _both(cfg)
+    engine[0] = drivers[0].engine_steps
+    assert engine[0] > 0
+    assert da == db
+
+
 def test_racing_ager_hands_pages_back(monkeypatch):
     """With -p and a lockless ager on x86 TDP, the ager clears the accessed bit of
     pages between their fault and the walk after it: the streams' checks fail, the

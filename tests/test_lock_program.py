@@ -189,13 +189,13 @@ def _build(m: Machine, spec: Any, fused: bool, log: list[Any], sched: bool = Fal
 
 
 def _timed(spec: Any, fused: bool, cm: Any = CM, period: int | None = None,
-           sched: bool = False) -> dict[str, Any]:
+           sched: bool = False, engine: bool = True) -> dict[str, Any]:
     m = Machine()
     log: list[Any] = []
     words = _build(m, spec, fused, log, sched)
     roles = {i: ("vcpu" if i % 2 else "aging") for i in range(len(spec))}
-    d = TimedDriver(m, cm, roles=roles, sample_period_ns=period)
-    d.engine_min_stretch = 0
+    d = TimedDriver(m, cm, roles=roles, sample_period_ns=period, cycle_engine=engine)
+    d.engine_min_stretch = 0  # hand over whenever the engine may
     d.engine_min_ops = 0
     r = d.run()
     out = r.to_dict()
@@ -203,22 +203,58 @@ def _timed(spec: Any, fused: bool, cm: Any = CM, period: int | None = None,
     out["words"] = [x.data.tolist() for x in words]
     out["notes"] = log
     out["steps_per_thread"] = [t.steps for t in m.threads]
-    out["engine_steps"] = d.engine_steps
+    if fused and engine:
+        _ENGINE[0] += d.engine_steps
+        _ENGINE[1] += r.steps
     return out
+
+
+_ENGINE = [0, 0]  # steps the cycle engine took, all steps (fused runs with the engine)
 
 
 @settings(max_examples=150, deadline=None)
 @given(_spec, st.sampled_from([CM, CM_EDGE]), st.sampled_from([None, 37]), st.booleans())
 def test_timed_driver_sees_the_loop_it_stands_for(spec, cm, period, sched):
     """Same timeline, statistics, words, returned values and notes (with their virtual
-    times) as the loop written out; the cycle engine leaves programs to the driver."""
+    times) as the loop written out, with the cycle engine stepping the programs where
+    it may and without it."""
     fused = _timed(spec, True, cm, period, sched)
+    plain = _timed(spec, True, cm, period, sched, engine=False)
     split = _timed(spec, False, cm, period, sched)
     if period is not None:  # the stacks differ by the loop's frame; the samples do not
         assert _sample_count(fused.pop("profile", None)) == \
             _sample_count(split.pop("profile", None))
-    assert fused["engine_steps"] == 0
+        plain.pop("profile", None)
+    assert fused == plain
     assert fused == split
+
+
+def test_the_property_test_exercised_the_cycle_engine():
+    """Fixed programs with long runs, where the engine must do most of the steps: the
+    same result with it (eager, and with the default policy) and without it, and as
+    the loop written out."""
+    before = _ENGINE[:]
+    progs = [
+        # checks that hold, stores with stride, a cmpxchg per cycle, notes
+        [[("prog", 0, 16, True, [("load", 0, 0, 0, False)] + ([("cas", 2, 0)] if k == 0
+                                                             else []),
+           [("store", 20 + k, 0), ("nop", "g2")], 1)] for k in range(4)],
+        # the write side and a spinlock, a fixed store, masked checks
+        [[("prog", li, 30, False, [("nop", "h1"), ("fixed", 20 + k)],
+           [("load", 23, 0, 0, True), ("nop", "g2")], 3)] for k in range(3)
+         for li in (0, 1)],
+        # a check fails part way: another thread stores the word it checks
+        [[("prog", 0, 40, True, [("load", 10, 0, 0, False)], [("nop", "g2")], 0)],
+         [("prog", 0, 20, True, [("nop", "h2")], [("nop", "g2")], 0), ("touch", 10, 1)],
+         [("prog", 0, 40, True, [("nop", "h2")], [("nop", "g2")], 0)]],
+    ]
+    for spec in progs:
+        for cm in (CM, CM_EDGE):
+            with_engine = _timed(spec, True, cm)
+            assert with_engine == _timed(spec, True, cm, engine=False)
+            assert with_engine == _timed(spec, False, cm)
+    engine, total = (a - b for a, b in zip(_ENGINE, before))
+    assert engine > total // 2, (engine, total)
 
 
 @settings(max_examples=40, deadline=None)

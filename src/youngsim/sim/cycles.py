@@ -56,18 +56,26 @@ ACQ = 1
 REL = 2
 GRANT = 3
 BODY = 4  # the cycle's cmpxchg (``lock_cycles(body=...)``)
+# a ``lock_program``'s operations on words (``P_*``: a plain load is a ``NOP`` here: it
+# has no effect the driver accounts)
+P_CHECK = 5  # a load that checks the value found
+P_STORE = 6
+P_CAS = 7
+P_WAIT = 8  # wait_until: a step if its condition holds, else the driver parks it
 
 # indices of the scalar state array ``st``
 S_OWNER, S_NREADERS, S_LW_TID, S_LW_TIME, S_LK_ACQ, S_LK_CONT, S_LS_ACQ, S_LS_CONT, \
     S_SPIN, S_SLEEP, S_CONTENDED, S_STEPS, S_NOW, S_SEQ, S_QHEAD, S_QLEN, S_HN, S_NW, \
-    S_NH, S_LAST = range(20)
-NSTATE = 20
+    S_NH, S_LAST, S_NN = range(21)
+NSTATE = 21
 
 # why ``run`` returned
 STOP_HORIZON = 0  # the next event is another thread's (or nothing is ready)
 STOP_FINAL = 1  # the next event is a thread's last cycle operation
 STOP_LIMIT = 2  # until_ns or max_steps
 STOP_FULL = 3  # the sample buffers are full
+STOP_CHECK = 4  # the next event is a check that fails or a wait whose condition is false
+STOP_WAIT = 5  # a thread's next operation is a wait whose condition is false (parked)
 
 #: fewer wait and hold samples than this go to the driver's lists (folding costs
 #: some twenty numpy calls whatever the size)
@@ -138,6 +146,10 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
         wait_d: Any, wait_w: Any, hold_d: Any, hold_w: Any,
         bdata: Any, wbase: Any, blo: Any, bold: Any, bnew: Any, boff: Any, ci: Any,
         fail: Any, lbase: Any, ltime: Any, ltid: Any, catt: Any, cfail: Any,
+        pdata: Any, pwb: Any, plo: Any, pstr: Any, plb: Any, pvo: Any, pvc: Any,
+        peo: Any, pec: Any, pmk: Any, pnote: Any, pvals: Any, pi0: Any, pltime: Any,
+        pltid: Any,
+        nt_tid: Any, nt_pos: Any, nt_i: Any, nt_now: Any, wparked: Any,
         hz_t: int, hz_s: int, limit: int, budget: int, window: int,
         surcharge: int, lshift: int) -> int:
     """Step the cycling threads in time order until a stop (module docstring). All
@@ -157,8 +169,13 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
         if not g and ((left[tid] == 1 and j == nops[tid] - 1)
                       or (fail[tid] and opk[tid, j] == REL)):
             return STOP_FINAL
-        if st[S_NW] == len(wait_d) or st[S_NH] == len(hold_d):
+        if st[S_NW] == len(wait_d) or st[S_NH] == len(hold_d) \
+                or st[S_NN] == len(nt_tid):
             return STOP_FULL
+        if not g and opk[tid, j] >= P_CHECK and not _holds(
+                tid, j, ci[tid], opk, pdata, pwb, plo, pstr, pvc, peo, pec, pmk,
+                pvals, pi0):
+            return STOP_CHECK  # the driver steps it (the run ends or the thread parks)
         _pop(ht, hs, hid, st)
         if g:
             kind = GRANT
@@ -188,7 +205,22 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
             else:
                 cfail[lab] += 1
                 fail[tid] = 1
-        elif kind != NOP:
+        elif kind >= P_STORE and kind <= P_CAS:
+            # a store (stamps its line) or a cmpxchg (that holds: checked above)
+            i = ci[tid]
+            w = plo[tid, j] + pstr[tid, j] * i
+            li = plb[tid, j] + (w >> lshift)
+            if kind == P_CAS:
+                lt = pltid[li]
+                if lt >= 0 and lt != tid and now - pltime[li] < window:
+                    c += surcharge
+                    st[S_CONTENDED] += 1
+                catt[lab] += 1
+            pltime[li] = now
+            pltid[li] = tid
+            vo = pvo[tid, j]
+            pdata[pwb[tid, j] + w] = pvals[vo + i - pi0[tid]] if vo >= 0 else pvc[tid, j]
+        elif kind != NOP and kind != P_CHECK and kind != P_WAIT:
             # an atomic on the lock word (a grant's line transfer is the handoff)
             if kind != GRANT:
                 lw = st[S_LW_TID]
@@ -268,6 +300,13 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
                 st[S_NH] = n + 1
                 held_t[tid] = -1
             wake = True
+        if pnote[tid, j]:  # model code to run after it (replayed in order)
+            n = st[S_NN]
+            nt_tid[n] = tid
+            nt_pos[n] = j
+            nt_i[n] = ci[tid]
+            nt_now[n] = now
+            st[S_NN] = n + 1
         # the thread's next operation of its cycle (after a failed cmpxchg: its release)
         j += 1
         if kind == BODY and fail[tid]:
@@ -296,7 +335,29 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
                 clk[h] = ready
                 parked[h] = 0
                 _push(ht, hs, hid, st, ready, h)
+        if opk[tid, j] == P_WAIT and not _holds(tid, j, ci[tid], opk, pdata, pwb, plo,
+                                               pstr, pvc, peo, pec, pmk, pvals, pi0):
+            wparked[tid] = 1  # the driver parks it on the word (``_park_thread``)
+            return STOP_WAIT
         _push(ht, hs, hid, st, end, tid)
+
+
+@njit(cache=True, nogil=True)
+def _holds(tid: int, j: int, i: int, opk: Any, pdata: Any, pwb: Any, plo: Any,
+           pstr: Any, pvc: Any, peo: Any, pec: Any, pmk: Any, pvals: Any,
+           pi0: Any) -> bool:
+    """Does position ``j``'s check (a load's, a cmpxchg's, a wait's condition) hold in
+    cycle ``i``? Operations without one hold."""
+    k = opk[tid, j]
+    if k != P_CHECK and k != P_CAS and k != P_WAIT:
+        return True
+    w = plo[tid, j] + pstr[tid, j] * i
+    v = pdata[pwb[tid, j] + w]
+    eo = peo[tid, j]
+    e = pvals[eo + i - pi0[tid]] if eo >= 0 else pec[tid, j]
+    if k == P_CAS:
+        return v == e
+    return (v & pmk[tid, j]) == e
 
 
 _ACQ_KINDS = (O.READ_LOCK, O.WRITE_LOCK, O.LOCK)
@@ -357,6 +418,70 @@ def _static(d: Any, lock: Any, seq: tuple[Any, ...]) -> tuple[Any, ...]:
             ck)
 
 
+_PCLASS = {O.LOAD: P_CHECK, O.STORE: P_STORE, O.CAS: P_CAS, O.WAIT: P_WAIT}
+
+
+def _static_program(d: Any, lock: Any, prog: Any) -> tuple[Any, ...]:
+    """``_static`` for a ``lock_program`` (``prog``): the same facts, and per position
+    the words it touches: None, or (class, Words, lo, stride, ``Each`` or None, mask,
+    expected value if one for every cycle, value if one for every cycle). Raises
+    ``_Refused`` for what the engine does not run (a program without a lock, an
+    operation other than the lock's, a nop, a load, a store, a cmpxchg or a wait)."""
+    seq = prog.seq
+    rel_i = prog.rel
+    if rel_i < 1 or seq[0].obj is not lock or seq[rel_i].obj is not lock:
+        raise _Refused
+    acq = seq[0]
+    shared = lock.shared_ok
+    if acq.kind == O.READ_LOCK and not shared:
+        raise _Refused
+    md = READ if acq.kind == O.READ_LOCK else 0
+    code = 1 if md == READ else (2 if shared else 0)
+    n = len(seq)
+    ks, nss, cids, labs = [0] * n, [0] * n, [0] * n, [0] * n
+    refs: list[Any] = [None] * n
+    for i, op in enumerate(seq):
+        k = op.kind
+        e = prog.each[i]
+        if i == 0 or i == rel_i:
+            c = _classify(k)
+            if c != (ACQ if i == 0 else REL):
+                raise _Refused
+        elif k == O.NOP:
+            c = NOP
+        elif k in _PCLASS:
+            w = op.obj
+            if w.oid is None or w.data.dtype != np.uint64:
+                raise _Refused
+            c = _PCLASS[k]
+            if k == O.LOAD and (e is None or e.expect is None):
+                c = NOP  # a plain load: no effect the driver accounts
+            elif k == O.WAIT:
+                refs[i] = (c, w, op.lo, 0, None, _u64(op.a), _u64(op.b), 0)
+            elif e is None:
+                if k != O.STORE:
+                    raise _Refused  # a fixed load or cmpxchg is not a program's
+                refs[i] = (c, w, op.lo, 0, None, 0, 0, _u64(op.a))
+            else:
+                ex = e.expect if type(e.expect) is int else None
+                refs[i] = (c, w, op.lo, e.stride, e, _u64(e.mask),
+                           0 if ex is None else _u64(ex), 0)
+        else:
+            raise _Refused
+        if (c == ACQ or c == REL) and op.obj is not lock:
+            raise _Refused
+        info = _info_of(d, op.cost, k)
+        ks[i], nss[i], cids[i], labs[i] = c, info.ns, info.cid, _slot(d, info)
+    g = _info_of(d, acq.cost, O.GRANT)
+    return (prog, ks, nss, cids, labs, g.ns, g.cid, _slot(d, g), md, code, rel_i, refs)
+
+
+def _u64(v: Any) -> int:
+    if type(v) is not int or not 0 <= v < 1 << 64:
+        raise _Refused
+    return v
+
+
 def _signature(seq: tuple[Any, ...]) -> tuple[Any, ...]:
     """What ``_static`` read of a cycle's operations (model code may change an
     operation it yields again; the cached facts must then be computed again)."""
@@ -405,8 +530,8 @@ def hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     the next cycling thread, without backing off)."""
     t = d.m.threads[tid]
     seq = t.cyc
-    if t.cyc_prog is not None:
-        return 0  # a ``lock_program``: its checks, notes and stores are the driver's
+    if t.cyc_prog is not None and t.cyc_prog.rel < 1:
+        return -1  # a ``lock_program`` without a lock: the driver's (no back-off)
     if t.cyc_fail or t.cyc_left * len(seq) - t.cyc_j < d.engine_min_ops:
         return -1
     try:
@@ -438,8 +563,6 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     for i, (tm, x) in enumerate(zip(rq.times, rq.tids)):
         tx = threads[x]
         if tx.cyc is not None and tx.cyc[0].obj is lock:
-            if tx.cyc_prog is not None:
-                raise _Refused
             cyc.append(x)
             cseq[x] = i
         else:
@@ -449,8 +572,7 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         if x in cseq:
             continue
         tx = threads[x]
-        if (x not in park or tx.cyc is None or tx.cyc[0].obj is not lock
-                or tx.cyc_prog is not None):
+        if x not in park or tx.cyc is None or tx.cyc[0].obj is not lock:
             raise _Refused  # a waiter that is not cycling (or not parked and not ready)
         cyc.append(x)
     ls = d._locks.get(lock.oid)
@@ -468,6 +590,9 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     bodies: list[tuple[int, Any, int, int, Any]] = []
     # per thread: holding the lock, its pending op, mode, release position, body
     before: dict[int, tuple[bool, Any, int, int, Any]] = {}
+    # the ``lock_program`` threads: (tid, program, refs, cycle, cycles left, pending op
+    # unless a grant, position)
+    programs: list[tuple[int, Any, Any, int, int, Any, int]] = []
     # per cycling thread, in the order of ``cyc``: rows for the arrays below
     r_k: list[list[int]] = []
     r_ns: list[list[int]] = []
@@ -477,19 +602,40 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     for x in cyc:
         tx = threads[x]
         seq = tx.cyc
-        ent = cache.get(id(seq))
-        sig = _signature(seq)
-        if ent is None or ent[0] is not seq or ent[-1] != sig:
-            ent = _static(d, lock, seq) + (sig,)  # raises _Refused
-            cache[id(seq)] = ent
-        _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, body, ck, _ = ent
+        prog = tx.cyc_prog
+        refs = None
+        if prog is not None:  # a ``lock_program``
+            ent = cache.get(id(prog))
+            if ent is None or ent[0] is not prog:
+                ent = _static_program(d, lock, prog)  # raises _Refused
+                cache[id(prog)] = ent
+            _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, refs = ent
+            body = ck = None
+        else:
+            ent = cache.get(id(seq))
+            sig = _signature(seq)
+            if ent is None or ent[0] is not seq or ent[-1] != sig:
+                ent = _static(d, lock, seq) + (sig,)  # raises _Refused
+                cache[id(seq)] = ent
+            _, ks, nss, cids, labs, gns, gcid_, glab_, md, code, rel_i, body, ck, _ = ent
         wx = x * 4 + code
         j = tx.cyc_j
         pend = tx.pending
         g = pend.kind == O.GRANT
         if g and (j != 0 or pend.obj is not lock):
             raise _Refused
-        if body is not None and not g and j == 1:
+        if refs is not None:
+            ev = prog.each[j]
+            if g:
+                pass
+            elif ev is not None:  # this cycle's operation, built from the template
+                if (pend.kind != ev.op.kind or pend.obj is not ev.op.obj
+                        or pend.lo != ev.op.lo + ev.stride * tx.cyc_i):
+                    raise _Refused
+            elif pend is not seq[j]:
+                raise _Refused
+            programs.append((x, prog, refs, tx.cyc_i, tx.cyc_left, None if g else pend, j))
+        elif body is not None and not g and j == 1:
             i0 = tx.cyc_i  # this cycle's cmpxchg, built from the template
             if pend.kind != O.CAS or pend.obj is not body.obj or pend.lo != body.lo + i0:
                 raise _Refused
@@ -528,20 +674,26 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
                        1 if tx.cyc_fail else 0, tx.cyc_i, times[0] if holding else -1,
                        req, rn, gns, gcid_ if gcid_ >= 0 else rc, glab_) + prec)
         if body is not None:
+            assert ck is not None  # a body's cas counter key
             cas_keys[labs[1]] = ck
             # a cmpxchg already built (pending) keeps the values it was built with
             built = pend if (not g and j == 1) else None
             bodies.append((x, body, tx.cyc_i, tx.cyc_i + tx.cyc_left, built))
         before[x] = (holding, pend, md, rel_i, body)
+    if programs and bodies:
+        raise _Refused  # two copies of the words (``_Bodies``, ``_Program``): not mixed
     idx = np.array(cyc, np.int64)
-    opk = np.zeros((T, 5), np.int64)
-    opc = np.zeros((T, 5), np.int64)
-    opcid = np.zeros((T, 5), np.int64)
-    oplab = np.zeros((T, 5), np.int64)
-    opk[idx] = r_k
-    opc[idx] = r_ns
-    opcid[idx] = r_cid
-    oplab[idx] = r_lab
+    W = max(len(r) for r in r_k)
+    opk = np.zeros((T, W), np.int64)
+    opc = np.zeros((T, W), np.int64)
+    opcid = np.zeros((T, W), np.int64)
+    oplab = np.zeros((T, W), np.int64)
+    for x, rk, rn_, rc_, rl in zip(cyc, r_k, r_ns, r_cid, r_lab):
+        nk = len(rk)
+        opk[x, :nk] = rk
+        opc[x, :nk] = rn_
+        opcid[x, :nk] = rc_
+        oplab[x, :nk] = rl
     sc = np.array(r_scal, np.int64)
     cols = []
     for c in range(sc.shape[1]):
@@ -596,16 +748,21 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     catt = np.zeros(len(infos), np.int64)
     cfail = np.zeros(len(infos), np.int64)
     bx = _bodies(d, m, bodies, T)
+    px = _program_words(d, m, programs, T, W)
     buf = d._engine_buffers
-    if buf is None:  # allocated once per driver: four arrays of BUFFER samples
-        buf = d._engine_buffers = tuple(np.zeros(BUFFER, np.int64) for _ in range(4))
-    wait_d, wait_w, hold_d, hold_w = buf
-    run(st, ht, hs, hid, qtid, qmode, pos, left, nops, opk, opc, opcid, oplab, gc, gcid,
-        glab, mode, who, clk, parked, pcid, phand, pspin, grantp, held_t, req_t, takes,
-        tsteps, rdcnt, cat, lcnt, ltot, wait_d, wait_w, hold_d, hold_w,
-        bx.data, bx.wbase, bx.lo, bx.old, bx.new, bx.off, ci, fail, bx.lbase, bx.ltime,
-        bx.ltid, catt, cfail, hz_t, hz_s, limit, budget, d._window, d._surcharge,
-        d._lshift)
+    if buf is None:  # allocated once per driver: eight arrays of BUFFER records
+        buf = d._engine_buffers = tuple(np.zeros(BUFFER, np.int64) for _ in range(8))
+    wait_d, wait_w, hold_d, hold_w, nt_tid, nt_pos, nt_i, nt_now = buf
+    wparked = np.zeros(T, np.int64)
+    why = run(st, ht, hs, hid, qtid, qmode, pos, left, nops, opk, opc, opcid, oplab, gc,
+              gcid, glab, mode, who, clk, parked, pcid, phand, pspin, grantp, held_t,
+              req_t, takes, tsteps, rdcnt, cat, lcnt, ltot, wait_d, wait_w, hold_d,
+              hold_w, bx.data, bx.wbase, bx.lo, bx.old, bx.new, bx.off, ci, fail,
+              bx.lbase, bx.ltime, bx.ltid, catt, cfail,
+              px.data, px.wb, px.lo, px.stride, px.lb, px.vo, px.vc, px.eo, px.ec, px.mask,
+              px.note, px.vals, px.i0, px.ltime, px.ltid, nt_tid, nt_pos, nt_i, nt_now,
+              wparked,
+              hz_t, hz_s, limit, budget, d._window, d._surcharge, d._lshift)
     steps = int(st[S_STEPS])
     # a hand-over copies each cycling thread's state both ways: worth it only if the
     # engine took more steps than that costs (the policy of ``TimedDriver._loop``)
@@ -615,8 +772,30 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
                 parked, grantp, held_t, req_t, takes, tsteps, rdcnt, clk, cat, ci, fail,
                 infos, lcnt, ltot, wait_d, wait_w, hold_d, hold_w, foreign, rs)
-    # the bodies: words, line stamps, cas counters
+    # the bodies and programs: words, line stamps, cas counters
     bx.write_back(d)
+    px.write_back(d)
+    if why == STOP_WAIT:  # a thread whose next operation waits: the driver's park
+        x = int(np.flatnonzero(wparked)[0])
+        d._park_thread(x, threads[x].pending)
+    # the notes, in the order of their operations, at their virtual times
+    nn = int(st[S_NN])
+    if nn:
+        progs = {x: p for x, p, *_ in programs}
+        for x, j, i, at in zip(nt_tid[:nn].tolist(), nt_pos[:nn].tolist(),
+                               nt_i[:nn].tolist(), nt_now[:nn].tolist()):
+            m.now = at
+            try:
+                progs[x].notes[j](i)
+            except Exception as e:  # as the executor reports a note that fails
+                tx = threads[x]
+                m._end_program(tx)
+                m._advance_failed(tx, e)
+                break
+        m.now = int(st[S_NOW])
+    for sl, key in px.cas_keys.items():
+        if catt[sl]:
+            d._cas_att[key] = d._cas_att.get(key, 0) + int(catt[sl])
     for sl, key in cas_keys.items():
         if catt[sl]:
             d._cas_att[key] = d._cas_att.get(key, 0) + int(catt[sl])
@@ -658,6 +837,149 @@ class _Bodies:
                 if tid < 0 or (tid == self.d0[k] and self.ltime[k] == self.t0[k]):
                     continue
                 lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
+
+
+class _Program:
+    """The ``lock_program`` threads' words for ``run``: one flat copy of the words
+    their remaining cycles can touch (copied back after), the line stamps of those
+    words' cache lines as the driver keeps them, and per (thread, position): where its
+    object's copy and lines start (``wb``, ``lb``), its word ``lo + stride * i``, its
+    values and expected values (where cycle ``i0`` of the thread's are in ``vals``, or
+    -1 and one constant), its mask, and whether a note follows it."""
+
+    def __init__(self, T: int, W: int) -> None:
+        z = np.zeros((T, W), np.int64)
+        self.wb, self.lo, self.stride, self.lb = z, z.copy(), z.copy(), z.copy()
+        self.vo, self.eo = np.full((T, W), -1, np.int64), np.full((T, W), -1, np.int64)
+        self.vc = np.zeros((T, W), np.uint64)
+        self.ec = np.zeros((T, W), np.uint64)
+        self.mask = np.zeros((T, W), np.uint64)
+        self.note = np.zeros((T, W), np.int64)
+        self.i0 = np.zeros(T, np.int64)  # the cycle ``vals`` start at, per thread
+        self.data = np.zeros(1, np.uint64)
+        self.vals = np.zeros(1, np.uint64)
+        self.ltime = np.zeros(1, np.int64)
+        self.ltid = np.full(1, -1, np.int64)
+        self.t0, self.d0 = self.ltime, self.ltid
+        self.words: list[tuple[Any, int, int, int]] = []  # (Words, first, last, start)
+        self.blocks: list[tuple[int, int, int, int]] = []  # (oid, line0, start, n)
+        self.cas_keys: dict[int, str] = {}
+
+    def write_back(self, d: Any) -> None:
+        for w, a, b, k in self.words:
+            w.data[a:b + 1] = self.data[k:k + b - a + 1]
+        lines = d._lines
+        for oid, l0, b, n in self.blocks:
+            for k in range(b, b + n):
+                tid = int(self.ltid[k])
+                if tid < 0 or (tid == self.d0[k] and self.ltime[k] == self.t0[k]):
+                    continue
+                lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
+
+
+def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int, Any, int]],
+                   T: int, W: int) -> _Program:
+    px = _Program(T, W)
+    if not programs:
+        return px
+    lshift = d._lshift
+    objs: dict[int, Any] = {}  # oid -> Words
+    wspan: dict[int, tuple[int, int]] = {}  # oid -> words [first, last] touched
+    vals: list[Any] = []
+    off = 0
+    for x, prog, refs, i0, n, pend, j0 in programs:
+        last = i0 + n - 1
+        px.i0[x] = i0
+        for j, ref in enumerate(refs):
+            if prog.notes[j] is not None:
+                px.note[x, j] = 1
+            if ref is None:
+                continue
+            c, w, lo, stride, ev, mask, ec, vc = ref
+            oid = w.oid
+            if w.freed or d._waiters.get(oid):
+                raise _Refused
+            if w.tag is not None and any(v is not None and w.tag in v for v in m.watches):
+                raise _Refused
+            a, b = lo + stride * i0, lo + stride * last
+            if a < 0 or b >= len(w.data):
+                raise _Refused  # the executor reports that; the engine does not
+            if oid in wspan:
+                a, b = min(a, wspan[oid][0]), max(b, wspan[oid][1])
+            wspan[oid] = (a, b)
+            objs[oid] = w
+            px.lo[x, j], px.stride[x, j], px.mask[x, j] = lo, stride, mask
+            px.ec[x, j], px.vc[x, j] = ec, vc
+            built = pend if j == j0 else None  # built from the values of its time
+            if ev is not None:
+                if ev.values is not None:
+                    v = _words64(ev.values[i0:i0 + n], n)
+                    if built is not None:
+                        v[0] = _u64(built.a if c == P_STORE else built.b)
+                    vals.append(v)
+                    px.vo[x, j] = off
+                    off += n
+                if type(ev.expect) is not int and ev.expect is not None:
+                    v = _words64(ev.expect[i0:i0 + n], n)
+                    if built is not None and c == P_CAS:
+                        v[0] = _u64(built.a)
+                    vals.append(v)
+                    px.eo[x, j] = off
+                    off += n
+                elif built is not None and c == P_CAS:
+                    px.ec[x, j] = _u64(built.a)
+            if c == P_CAS:
+                sl = d._engine_slots[id(_info_of(d, prog.seq[j].cost, O.CAS))]
+                px.cas_keys[sl] = prog.seq[j].cost or "<cas>"
+    # one copy of each object's words; objects must not share memory where touched
+    spans = []
+    for oid, (a, b) in wspan.items():
+        w = objs[oid]
+        big = d._big.get(oid, _UNSEEN)
+        if big is _UNSEEN:
+            big = d._line_table(w)
+        if big is not None:
+            raise _Refused  # a large object's stamps are arrays (not built here)
+        base = w.data.__array_interface__["data"][0]
+        spans.append((base + 8 * a, base + 8 * (b + 1), oid))
+    spans.sort()
+    for (a0, b0, _), (a1, _b1, _) in zip(spans, spans[1:]):
+        if a1 < b0:
+            raise _Refused  # two objects over the same memory: copies would diverge
+    px.vals = np.concatenate(vals) if vals else np.zeros(1, np.uint64)
+    wstart: dict[int, int] = {}
+    k = 0
+    for oid, (a, b) in wspan.items():
+        wstart[oid] = k - a
+        px.words.append((objs[oid], a, b, k))
+        k += b - a + 1
+    if not wspan:
+        return px  # no words: nops and lock operations only
+    px.data = np.concatenate([objs[oid].data[a:b + 1] for oid, (a, b) in wspan.items()])
+    lstart: dict[int, int] = {}
+    lines = d._lines
+    times: list[int] = []
+    tids: list[int] = []
+    k = 0
+    for oid, (a, b) in wspan.items():
+        la, lb = a >> lshift, b >> lshift
+        lstart[oid] = k - la
+        px.blocks.append((oid, la, k, lb - la + 1))
+        for ln in range(la, lb + 1):
+            v = lines.get((oid << 32) | ln)
+            times.append(0 if v is None else v >> 32)
+            tids.append(-1 if v is None else v & 0xFFFFFFFF)
+            k += 1
+    px.ltime = np.array(times, np.int64)
+    px.ltid = np.array(tids, np.int64)
+    px.t0, px.d0 = px.ltime.copy(), px.ltid.copy()
+    for x, prog, refs, *_ in programs:
+        for j, ref in enumerate(refs):
+            if ref is not None:
+                oid = ref[1].oid
+                px.wb[x, j] = wstart[oid]
+                px.lb[x, j] = lstart[oid]
+    return px
 
 
 def _words64(values: Any, n: int) -> Any:
@@ -827,6 +1149,8 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
                 pend = O.grant(lock, md, seq[0].cost)
             elif body is not None and j == 1:
                 pend = O.cycle_cas(body, i)
+            elif tx.cyc_prog is not None and tx.cyc_prog.each[j] is not None:
+                pend = O.each_op(seq[j], tx.cyc_prog.each[j], i)
             else:
                 pend = seq[j]
         tx.pending = pend

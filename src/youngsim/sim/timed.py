@@ -947,6 +947,9 @@ class TimedDriver:
                             self._engine_wait *= 2
                     if n > 0:
                         steps += n
+                        if m.violation is not None:  # a note the engine replayed
+                            stopped = "violation"
+                            break
                         continue
                 op = t.pending
                 k = op.kind

@@ -342,7 +342,7 @@ def run(st: Any, ht: Any, hs: Any, hid: Any, qtid: Any, qmode: Any,
         _push(ht, hs, hid, st, end, tid)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _holds(tid: int, j: int, i: int, opk: Any, pdata: Any, pwb: Any, plo: Any,
            pstr: Any, pvc: Any, peo: Any, pec: Any, pmk: Any, pvals: Any,
            pi0: Any) -> bool:
@@ -781,14 +781,15 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     # the notes, in the order of their operations, at their virtual times
     nn = int(st[S_NN])
     if nn:
-        progs = {x: p for x, p, *_ in programs}
-        for x, j, i, at in zip(nt_tid[:nn].tolist(), nt_pos[:nn].tolist(),
-                               nt_i[:nn].tolist(), nt_now[:nn].tolist()):
+        notes = {x * W + j: f for x, p, *_ in programs
+                 for j, f in enumerate(p.notes) if f is not None}
+        keys = (nt_tid[:nn] * W + nt_pos[:nn]).tolist()
+        for k, i, at in zip(keys, nt_i[:nn].tolist(), nt_now[:nn].tolist()):
             m.now = at
             try:
-                progs[x].notes[j](i)
+                notes[k](i)
             except Exception as e:  # as the executor reports a note that fails
-                tx = threads[x]
+                tx = threads[k // W]
                 m._end_program(tx)
                 m._advance_failed(tx, e)
                 break

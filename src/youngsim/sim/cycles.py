@@ -517,6 +517,10 @@ class _Refused(Exception):
 #: (measured: 10-25 us a thread at 113 threads, against about 1 us a driver step)
 STEPS_PER_THREAD = 32
 
+#: the same for a ``lock_program`` thread, whose words, values and notes are copied too
+#: (measured: about 30 ms a hand-over of 113 fault-stream threads, some 250 us each)
+STEPS_PER_PROGRAM_THREAD = 256
+
 #: a thread with fewer operations than this left in its run is stepped by the driver
 #: (a hand-over costs at least as much as that many driver steps)
 MIN_OPS = 16
@@ -766,7 +770,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     steps = int(st[S_STEPS])
     # a hand-over copies each cycling thread's state both ways: worth it only if the
     # engine took more steps than that costs (the policy of ``TimedDriver._loop``)
-    d._engine_worth = STEPS_PER_THREAD * len(cyc) if d.engine_min_stretch else 0
+    per = STEPS_PER_PROGRAM_THREAD if programs else STEPS_PER_THREAD
+    d._engine_worth = per * len(cyc) if d.engine_min_stretch else 0
     if steps == 0:
         return 0  # nothing changed: the driver steps the popped thread itself
     _write_back(d, m, lock, ls, cyc, before, st, ht, hs, hid, qtid, qmode, pos, left,
@@ -886,6 +891,7 @@ def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int,
     lshift = d._lshift
     objs: dict[int, Any] = {}  # oid -> Words
     wspan: dict[int, tuple[int, int]] = {}  # oid -> words [first, last] touched
+    lspan: dict[int, tuple[int, int]] = {}  # oid -> lines [first, last] written
     vals: list[Any] = []
     off = 0
     for x, prog, refs, i0, n, pend, j0 in programs:
@@ -906,22 +912,34 @@ def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int,
             if a < 0 or b >= len(w.data):
                 raise _Refused  # the executor reports that; the engine does not
             if oid in wspan:
-                a, b = min(a, wspan[oid][0]), max(b, wspan[oid][1])
-            wspan[oid] = (a, b)
+                a0, b0 = wspan[oid]
+                wspan[oid] = (min(a, a0), max(b, b0))
+            else:
+                wspan[oid] = (a, b)
+            if c == P_STORE or c == P_CAS:  # writes: their cache lines' stamps
+                la, lb = a >> lshift, b >> lshift
+                if oid in lspan:
+                    la, lb = min(la, lspan[oid][0]), max(lb, lspan[oid][1])
+                lspan[oid] = (la, lb)
             objs[oid] = w
             px.lo[x, j], px.stride[x, j], px.mask[x, j] = lo, stride, mask
             px.ec[x, j], px.vc[x, j] = ec, vc
             built = pend if j == j0 else None  # built from the values of its time
             if ev is not None:
-                if ev.values is not None:
-                    v = _words64(ev.values[i0:i0 + n], n)
+                vv, ee = _each_arrays(d, ev)
+                if vv is not None:
+                    v = vv[i0:i0 + n].copy()
+                    if len(v) < n:
+                        raise _Refused
                     if built is not None:
                         v[0] = _u64(built.a if c == P_STORE else built.b)
                     vals.append(v)
                     px.vo[x, j] = off
                     off += n
-                if type(ev.expect) is not int and ev.expect is not None:
-                    v = _words64(ev.expect[i0:i0 + n], n)
+                if ee is not None:
+                    v = ee[i0:i0 + n].copy()
+                    if len(v) < n:
+                        raise _Refused
                     if built is not None and c == P_CAS:
                         v[0] = _u64(built.a)
                     vals.append(v)
@@ -962,8 +980,7 @@ def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int,
     times: list[int] = []
     tids: list[int] = []
     k = 0
-    for oid, (a, b) in wspan.items():
-        la, lb = a >> lshift, b >> lshift
+    for oid, (la, lb) in lspan.items():
         lstart[oid] = k - la
         px.blocks.append((oid, la, k, lb - la + 1))
         for ln in range(la, lb + 1):
@@ -971,16 +988,36 @@ def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int,
             times.append(0 if v is None else v >> 32)
             tids.append(-1 if v is None else v & 0xFFFFFFFF)
             k += 1
-    px.ltime = np.array(times, np.int64)
-    px.ltid = np.array(tids, np.int64)
+    if k:
+        px.ltime = np.array(times, np.int64)
+        px.ltid = np.array(tids, np.int64)
     px.t0, px.d0 = px.ltime.copy(), px.ltid.copy()
     for x, prog, refs, *_ in programs:
         for j, ref in enumerate(refs):
             if ref is not None:
                 oid = ref[1].oid
                 px.wb[x, j] = wstart[oid]
-                px.lb[x, j] = lstart[oid]
+                px.lb[x, j] = lstart.get(oid, 0)  # only writes look their lines up
     return px
+
+
+#: marks an ``Each``'s key in the driver's engine cache (ids are below 2**48)
+_EACH_KEY = 1 << 62
+
+
+def _each_arrays(d: Any, ev: Any) -> tuple[Any, Any]:
+    """An ``Each``'s per-cycle values and expected values as uint64 arrays (None where
+    it has none), converted once and kept in the driver's engine cache: a program's
+    values are not to change once it is yielded (``ops.lock_program``)."""
+    cache = d._engine_cache
+    key = id(ev) | _EACH_KEY
+    ent = cache.get(key)
+    if ent is None or ent[0] is not ev:
+        vals = None if ev.values is None else _words64(ev.values, len(ev.values))
+        ex = ev.expect
+        exp = None if ex is None or type(ex) is int else _words64(ex, len(ex))
+        ent = cache[key] = (ev, vals, exp)
+    return ent[1], ent[2]
 
 
 def _words64(values: Any, n: int) -> Any:

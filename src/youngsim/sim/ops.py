@@ -510,8 +510,9 @@ def lock_program(lock: "Lock | None", n: int, locked: Any = (), gap: Any = (),
     empty): positions count from 0 and a failed check ends the run right after it.
 
     ``read`` and the labels are ``lock_cycles``'s. Both drivers run each operation as
-    an ordinary step (``Machine._next_cycle_op``); the cycle engine leaves programs to
-    the driver."""
+    an ordinary step (``Machine._next_cycle_op``), and the cycle engine
+    (``sim/cycles.py``) may run a program on a lock in compiled code: it copies the
+    ``Each`` values once, so they must not change after the program is yielded."""
     if lock is None:
         if locked or not gap:
             raise ValueError("lock_program: without a lock, a cycle is the operations "

@@ -942,7 +942,8 @@ class TimedDriver:
                         self._engine_wait = _ENGINE_BACKOFF
                     elif n >= 0:  # refused, or a short stretch: not for a while, and
                         # for twice as long each time in a row (up to _ENGINE_MAX_WAIT)
-                        self._engine_retry = self._steps + steps + n + self._engine_wait
+                        self._engine_retry = (self._steps + steps + n
+                                              + max(self._engine_wait, self._engine_worth))
                         if self._engine_wait < _ENGINE_MAX_WAIT:
                             self._engine_wait *= 2
                     if n > 0:

@@ -130,13 +130,10 @@ def test_profiled_runs_keep_the_per_page_stacks(monkeypatch):
     b = run_access_tracking(Config(**{**cfg.__dict__, "fault_streams": False}))
     plain = run_access_tracking(Config(**{**cfg.__dict__, "profile_period_ns": 0}))
     pa, pb = a.timed.profile, b.timed.profile
-    assert sum(pa.samples.values()) == sum(pb.samples.values())
-
-    def share(p: Any, fn: str) -> int:
-        return sum(n for st, n in p.samples.items() if fn in st)
-    for fn in ("kvm_mmu_page_fault", "kvm_tdp_mmu_map", "ept_walk", "vcpu_enter",
-               "is_page_fault_stale", "handle_mm_fault"):
-        assert share(pa, fn) == share(pb, fn), fn
+    # the same stacks, sample for sample: the stream's own functions are transparent
+    # and its operations carry the per-page code's frames
+    assert pa.samples == pb.samples
+    assert any("kvm_tdp_mmu_map" in st for st in pa.samples)
     for d in (a.data, plain.data):
         d.pop("wall_s", None)
     assert {k: v for k, v in a.data.items() if k not in ("profile", "config")} == \

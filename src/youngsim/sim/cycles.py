@@ -796,7 +796,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
             except Exception as e:  # as the executor reports a note that fails
                 tx = threads[k // W]
                 m._end_program(tx)
-                m._advance_failed(tx, e)
+                m._advance_failed(tx, RuntimeError("generator raised StopIteration")
+                                  if isinstance(e, StopIteration) else e)
                 break
         m.now = int(st[S_NOW])
     for sl, key in px.cas_keys.items():

@@ -96,7 +96,7 @@ NO_OP = O.nop("no operation")
 class Thread:
     __slots__ = ("tid", "name", "gen", "send", "pending", "done", "result", "locks",
                  "atomic", "steps", "loc", "daemon", "readers", "nalloc", "cyc",
-                 "cyc_left", "cyc_j", "cyc_i", "cyc_fail", "cyc_prog", "cyc_at", "cyc_val")
+                 "cyc_left", "cyc_j", "cyc_i", "cyc_fail", "cyc_prog")
 
     def __init__(self, tid: int, name: str, gen: Generator[Op, Any, Any]) -> None:
         self.tid = tid
@@ -126,11 +126,8 @@ class Thread:
         #: failed: the run then ends at this cycle's release
         self.cyc_i = 0
         self.cyc_fail = False
-        #: a ``lock_program`` in progress (``cyc`` is its ``seq``), and the position of
-        #: the check that failed in this cycle's locked part
+        #: a ``lock_program`` in progress (``cyc`` is its ``seq``)
         self.cyc_prog: O.CycleProgram | None = None
-        self.cyc_at = -1
-        self.cyc_val: Any = None  # and the value that check found
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"
@@ -516,31 +513,19 @@ class Machine:
                 ok = (res & e.mask) == O.each_expected(e, i)
             except Exception as x:  # a bad expected value: as if model code had failed
                 self._end_program(t)
-                self._advance_failed(t, x)
+                self._advance_failed(t, _raised(x))
                 return
-            if not ok:
-                if pos > prog.rel:  # in the gap: the run ends here
-                    self._end_program(t)
-                    self._advance(t, (i, pos, res))
-                    return
-                t.cyc_fail = True  # in the locked part: straight to the release
-                t.cyc_at = pos
-                t.cyc_val = res
-                t.cyc_j = prog.rel
-                self._set_cycle_op(t, seq[prog.rel])
+            if not ok:  # the run ends here (in the locked part, holding the lock)
+                self._end_program(t)
+                self._advance(t, (i, pos, res))
                 return
-        if t.cyc_fail and pos == prog.rel:
-            done = (i, t.cyc_at, t.cyc_val)
-            self._end_program(t)
-            self._advance(t, done)
-            return
         note = prog.notes[pos]
         if note is not None:
             try:
                 note(i)
             except Exception as x:
                 self._end_program(t)
-                self._advance_failed(t, x)
+                self._advance_failed(t, _raised(x))
                 return
         j = pos + 1
         if j == len(seq):
@@ -557,9 +542,6 @@ class Machine:
     def _end_program(self, t: Thread) -> None:
         t.cyc = None
         t.cyc_prog = None
-        t.cyc_fail = False
-        t.cyc_at = -1
-        t.cyc_val = None
 
     def _set_cycle_op(self, t: Thread, op: Op) -> None:
         prog = t.cyc_prog
@@ -570,7 +552,7 @@ class Machine:
                     op = O.each_op(op, ev, t.cyc_i)
                 except Exception as x:  # a bad value: as if the model code had failed
                     self._end_program(t)
-                    self._advance_failed(t, x)
+                    self._advance_failed(t, _raised(x))
                     return
             elif op.sleeps and t.atomic:
                 self._sleep_in_atomic(t, op)
@@ -880,6 +862,15 @@ def _has_body(seq: tuple[Op, ...]) -> bool:
     """Does a ``lock_cycles``'s cycle carry a cmpxchg (its template follows the
     acquire)?"""
     return len(seq) > 1 and seq[1].kind == _CAS
+
+
+def _raised(e: Exception) -> Exception:
+    """What model code that raised ``e`` between two yields would report: a
+    StopIteration raised inside a generator becomes a RuntimeError (PEP 479), not the
+    generator's return."""
+    if isinstance(e, StopIteration):
+        return RuntimeError("generator raised StopIteration")
+    return e
 
 
 def _program_ok(prog: O.CycleProgram, n: int) -> bool:

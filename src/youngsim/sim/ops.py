@@ -494,12 +494,12 @@ def lock_program(lock: "Lock | None", n: int, locked: Any = (), gap: Any = (),
 
     Each operation is an ``Op`` run as it is every cycle (a ``nop``, a ``wait_until``,
     a store to a fixed word...) or an ``Each`` that varies with the cycle. A *check* (an
-    ``each_load`` with ``expect``, or an ``each_cas``) that fails ends the run: in the
-    locked part, the rest of it is skipped and the cycle releases the lock at once; in
-    the gap, the run ends right after it. The operation returns ``(i, j, v)``: the
-    cycle, the position in the cycle (0 is the acquire, ``len(locked) + 1`` the
-    release) and the value found of the failed check, or ``(n, -1, None)`` when every
-    cycle ran.
+    ``each_load`` with ``expect``, or an ``each_cas``) that fails ends the run right
+    after it, so that the model code goes on from what it found: in the locked part
+    the thread still holds the lock (the model code releases it). The operation
+    returns ``(i, j, v)``: the cycle, the position in the cycle (0 is the acquire,
+    ``len(locked) + 1`` the release) and the value found of the failed check, or
+    ``(n, -1, None)`` when every cycle ran.
 
     ``notes[j]`` is called with the cycle ``i`` right after position ``j`` ran (and its
     check passed), as model code after a yield would run: to record ghost state or a

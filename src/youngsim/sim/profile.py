@@ -34,15 +34,22 @@ SPIN_LEAF = {
 WAIT_LEAF = "[spin-wait]"
 
 
+#: code objects of generator functions that are not the kernel's: ways of running its
+#: code (a fault stream's), left out of the stacks so that they read as the kernel's
+TRANSPARENT: set[Any] = set()
+
+
 def generator_stack(gen: Any) -> tuple[str, ...]:
-    """Function names of a (``yield from``-nested) generator chain, outermost first."""
+    """Function names of a (``yield from``-nested) generator chain, outermost first
+    (those in ``TRANSPARENT`` left out)."""
     names = []
     g = gen
     while g is not None:
         code = getattr(g, "gi_code", None)
         if code is None:
             break
-        names.append(code.co_name)
+        if code not in TRANSPARENT:
+            names.append(code.co_name)
         g = g.gi_yieldfrom
     return tuple(names)
 

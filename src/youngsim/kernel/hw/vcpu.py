@@ -78,10 +78,12 @@ START, WALK, FAULT, ENTER = 0, 1, 2, 3
 
 
 def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int = START,
-                 fault_at: int = -1, walk: Gen | None = None) -> Gen:
+                 fault_at: int = -1, walk: Gen | None = None,
+                 fault: Gen | None = None) -> Gen:
     """One guest load or store to page ``gfn`` (from ``resume``, with the fault that
-    started it at virtual time ``fault_at`` if there was one, and ``walk`` instead of
-    the arch's ``hw_walk`` for the first walk, when a stream handed over in one)."""
+    started it at virtual time ``fault_at`` if there was one; ``walk`` and ``fault``
+    instead of the arch's ``hw_walk`` and ``kvm_mmu_page_fault`` the first time, when
+    a stream handed over in one of them)."""
     arch = vcpu.kvm.arch
     slot = vcpu.tlb_slot(gfn)
     hit = False
@@ -107,7 +109,10 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int =
                 sys.count("vcpu_faults")
                 at = FAULT
             if at == FAULT:
-                yield from arch.kvm_mmu_page_fault(vcpu, gfn, write)
+                if fault is None:
+                    fault = arch.kvm_mmu_page_fault(vcpu, gfn, write)
+                yield from fault
+                fault = None
             yield from vcpu_enter(vcpu, "vm_entry")
             at = WALK
         if fault_at >= 0:  # virtual time from the fault to the translation that worked

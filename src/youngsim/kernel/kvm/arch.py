@@ -60,10 +60,14 @@ class KvmArchMmu:
 
     # -- the vCPU side ---------------------------------------------------------------
     def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
-        """The CPU's walk on a TLB miss; False means a fault (the vCPU exits)."""
+        """The CPU's walk on a TLB miss; False means a fault (the vCPU exits). (The x86
+        MMUs also take the root and leaf entries already loaded, for a fault stream's
+        hand-over.)"""
         raise NotImplementedError
 
     def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+        """(The x86 MMUs also take the ``mmu_invalidate_seq`` and primary PTE already
+        read, for a fault stream's hand-over.)"""
         raise NotImplementedError
 
     def fault_stream(self, vcpu: "Vcpu", gfn: int, hi: int, write: bool) -> Gen:

@@ -216,14 +216,17 @@ def mmu_invalidate_retry(kvm: Kvm, mmu_seq: int) -> Gen:
     return (yield load(kvm.mmu_invalidate, SEQ, cost="mmu_seq_read")) != mmu_seq
 
 
-def kvm_faultin_pfn(kvm: Kvm, gfn: int, write: bool) -> Gen:
+def kvm_faultin_pfn(kvm: Kvm, gfn: int, write: bool, mmu_seq: int | None = None,
+                    pte: int | None = None) -> Gen:
     """The first half of every arch's fault path (x86 ``kvm_faultin_pfn``, arm64
     ``user_mem_abort``): snapshot ``mmu_invalidate_seq``, then resolve the pfn on the
-    primary MMU, faulting it in if needed. Returns (mmu_seq, pfn)."""
+    primary MMU, faulting it in if needed. Returns (mmu_seq, pfn). ``mmu_seq``,
+    ``pte``: what those reads already found (a fault stream hands over after them)."""
     slot = kvm.gfn_to_memslot(gfn)
     assert slot is not None, f"gfn {gfn} outside every memslot"
-    mmu_seq = yield from mmu_invalidate_seq(kvm)
-    pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write)
+    if mmu_seq is None:
+        mmu_seq = yield from mmu_invalidate_seq(kvm)
+    pfn = yield from kvm.mm.handle_mm_fault(gfn_to_hva_memslot(gfn, slot), write, pte)
     return mmu_seq, pfn
 
 

@@ -187,12 +187,16 @@ class MM:
         cause data corruption" (``arch/x86/mm/pgtable.c``)."""
         return (yield from self.ptep_test_and_clear_young(addr))
 
-    def handle_mm_fault(self, addr: int, write: bool) -> Gen:
+    def handle_mm_fault(self, addr: int, write: bool, found: int | None = None) -> Gen:
         """Fault the page in on the primary MMU if needed; return its pfn
-        (``hva_to_pfn`` -> ``get_user_pages``). The new PTE is young."""
+        (``hva_to_pfn`` -> ``get_user_pages``). The new PTE is young. ``found``: the
+        PTE the first read already found."""
         t, i = self.pte_slot(addr)
         while True:
-            pte = yield load(t, i, cost="pte_read")
+            if found is None:
+                pte = yield load(t, i, cost="pte_read")
+            else:
+                pte, found = found, None
             if pte_present(pte):
                 return pte_pfn(pte)
             if self.zone is not None:  # memory is limited: allocate, maybe swap in

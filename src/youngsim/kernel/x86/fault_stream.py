@@ -28,15 +28,22 @@ operations (the fault's start, the ghost state, the fault latency sample) at the
 steps. Loads whose value is not branched on (the TLB lookup, A/D-off fast-path reads)
 are plain loads, as they are per page.
 
-At a failed check the page's access is handed to the per-page code
-(``guest_access(resume=...)``) at the point the check stands for: a stale fault
-(``RET_PF_RETRY``) waits for the invalidation and re-enters; a walk that found another
-entry walks again (its loads are charged again: a race costs a stream up to two
-``hw_walk`` loads more than it costs the per-page code); a changed PTE or sequence count
-after the exit faults again. Two operations of the per-page code are ``nop``s with
-their labels here: the ``rcu_read_lock``/``rcu_read_unlock`` nested inside ``mmu_lock``,
-whose RCU-sched read section (a spinning lock held) already covers them, so no grace
-period can tell them apart, and which a failed check could otherwise skip past.
+At a failed check the run ends right after it (under ``mmu_lock``, still holding it)
+and the page's access goes on in the per-page code from what the check found
+(``guest_access(resume=..., walk=..., fault=...)``, ``_map(root=, leaf=)``,
+``kvm_faultin_pfn(mmu_seq=, pte=)``): a stale fault releases the lock, waits and
+re-enters; a walk goes on from the entry it found; a fault from the sequence count or
+primary PTE it read; a map from the root or leaf entry it read. So a race (an aging
+thread clearing an accessed bit between a fault and its walk, another vCPU faulting
+the same page, an invalidation) gives the per-page code's operations too. Two
+operations of the per-page code are ``nop``s with their labels here: the
+``rcu_read_lock``/``rcu_read_unlock`` nested inside ``mmu_lock``, whose RCU-sched read
+section (a spinning lock held) already covers them, so no grace period can tell them
+apart. Left inexact: with A/D bits off, ``fast_page_fault``'s reads of the root and leaf
+entries are plain loads here (the per-page code branches on them), so a zap or an
+access-tracked entry racing with a stream's page between its walk and those reads is
+not seen; and after a hand-over the profile's stacks lack the per-page code's frames
+between ``guest_access`` and the function that goes on (``_map``).
 
 Not streamed (the per-page code runs): the first fault of a leaf table (it allocates
 and links it), pages whose TLB slot hits, entries that are present, a primary PTE that
@@ -50,14 +57,16 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import numpy as np
 
-from ...sim import Op, load, nop, rcu_read_lock, rcu_read_unlock, store, wait_until
+from ...sim import (Op, load, nop, rcu_read_lock, rcu_read_unlock, read_unlock, store,
+                    wait_until)
+from ...sim.profile import TRANSPARENT
 from ...sim.ops import each_cas, each_load, each_store, lock_program
 from ..hw.vcpu import ENTER, FAULT, TLB_TAG_SHIFT, TLB_VALID, TLB_WRITE, WALK, \
     guest_access
+from .tdp_mmu import RET_PF_RETRY
 from ..kvm.kvm_main import IN_PROGRESS, SEQ, gfn_to_hva_memslot, kvm_mmu_invalidate_wait
 from ..mm.mm import PTE_PFN_SHIFT, PTRS_PER_PTE, _PAGE_PRESENT
 from . import spte as S
-from .ept import ept_walk
 
 if TYPE_CHECKING:
     from ..hw.vcpu import Vcpu
@@ -72,9 +81,12 @@ _ALL = (1 << 64) - 1
 _PTE_MASK = (_ALL & ~((1 << PTE_PFN_SHIFT) - 1)) | _PAGE_PRESENT
 
 #: positions of the walk's root-entry load in the pre and post parts (its leaf-entry
-#: load follows)
+#: load follows), of the last stale check and of the root-entry check in a cycle
+#: (the acquire is 0)
 _PRE_ROOT = 3
 _POST_ROOT = 2
+_LOCKED_STALE = 2
+_LOCKED_ROOT = 4
 
 # profile frames below the stream's own, as the per-page code's stacks have them
 _ACCESS = ("guest_access",)
@@ -196,8 +208,8 @@ class _Stream:
     # -- running it -----------------------------------------------------------------------
     def run(self) -> Gen:
         """Page 0's pre part, then the cycles; returns the pages accessed."""
-        sys = self.sys
         pre0 = self.pre(0)
+        self.npre = len(pre0)
         _, j, v = yield lock_program(  # one cycle without a lock: page 0's pre part
             None, 1, gap=[x for x, _, _ in pre0],
             notes={j: f for j, (_, _, f) in enumerate(pre0) if f is not None},
@@ -223,10 +235,8 @@ class _Stream:
                 continue
             rel = len(locked) + 1
             p = b + i
-            if j < rel:  # the fault was stale or lost a race: RET_PF_RETRY
-                yield from kvm_mmu_invalidate_wait(self.arch.kvm)
-                yield from guest_access(sys, self.vcpu, self.g0 + p, self.write,
-                                        resume=ENTER, fault_at=int(self.fault_at[p]))
+            if j < rel:  # a check under mmu_lock (still held): the fault goes on
+                yield from self._resume_locked(p, j, v)
                 return p + 1
             if j < rel + 1 + len(post):  # the walk after the fault found another entry
                 yield from self._resume_walk(p, j - rel - 1 - _POST_ROOT, v)
@@ -237,22 +247,50 @@ class _Stream:
 
     def _resume_pre(self, p: int, pos: int, v: int) -> Gen:
         """Page ``p``'s check at position ``pos`` of its pre part found ``v``: the
-        per-page code from there. In the walk: the walk goes on from what it found.
-        After the VM exit (``mmu_invalidate_seq`` or the primary PTE changed): the fault
-        handler starts over (charging those loads again)."""
+        per-page code goes on from there. In the walk: the walk, from what it found.
+        After the VM exit: the fault handler, with the ``mmu_invalidate_seq`` (or the
+        primary PTE) it read."""
         if pos < _PRE_ROOT + 2:
             yield from self._resume_walk(p, pos - _PRE_ROOT, v)
-        else:
-            yield from guest_access(self.sys, self.vcpu, self.g0 + p, self.write,
-                                    resume=FAULT, fault_at=int(self.fault_at[p]))
+            return
+        g = self.g0 + p
+        if pos == self.npre - 2:  # mmu_invalidate_seq changed since the plan
+            fault = self.arch.kvm_mmu_page_fault(self.vcpu, g, self.write, mmu_seq=v)
+        else:  # the primary PTE changed
+            fault = self.arch.kvm_mmu_page_fault(self.vcpu, g, self.write,
+                                                 mmu_seq=self.seq, pte=v)
+        yield from guest_access(self.sys, self.vcpu, g, self.write, resume=FAULT,
+                                fault_at=int(self.fault_at[p]), fault=fault)
+
+    def _resume_locked(self, p: int, j: int, v: int) -> Gen:
+        """Page ``p``'s check at position ``j`` under ``mmu_lock`` (held) found ``v``:
+        the fault goes on as the per-page code's would. ``mmu_invalidate_in_progress``
+        or ``_seq``: the fault is stale (``RET_PF_RETRY``); the root or leaf entry:
+        ``kvm_tdp_mmu_map`` goes on from it; the cmpxchg lost: ``RET_PF_RETRY``. Then
+        its ``rcu_read_unlock`` (a nop, as its lock was), the unlock, the wait for a
+        retry, and the re-entry."""
+        kvm, tdp, g = self.arch.kvm, self.arch.tdp, self.g0 + p
+        ret = RET_PF_RETRY
+        if j > _LOCKED_STALE:
+            if j == _LOCKED_ROOT:
+                ret = yield from tdp._map(g, self.pfns[p], self.write, root=v)
+            elif j == _LOCKED_ROOT + 1:
+                ret = yield from tdp._map(g, self.pfns[p], self.write, root=self.e_root,
+                                          leaf=v)
+            yield nop(cost="rcu_read_unlock")
+        yield read_unlock(kvm.mmu_lock, cost="mmu_lock_read_release")
+        if ret == RET_PF_RETRY:
+            yield from kvm_mmu_invalidate_wait(kvm)
+        yield from guest_access(self.sys, self.vcpu, g, self.write, resume=ENTER,
+                                fault_at=int(self.fault_at[p]))
 
     def _resume_walk(self, p: int, k: int, v: int) -> Gen:
         """The EPT walk of page ``p`` found ``v`` at its root entry (``k`` = 0) or its
         leaf entry (1), not what the stream planned: the per-page walk goes on from
         there, and the access with it."""
-        walk = (ept_walk(self.arch.tdp, self.g0 + p, self.write, root=v) if k == 0 else
-                ept_walk(self.arch.tdp, self.g0 + p, self.write, root=self.e_root,
-                         leaf=v))
+        g = self.g0 + p
+        walk = (self.arch.hw_walk(self.vcpu, g, self.write, root=v) if k == 0 else
+                self.arch.hw_walk(self.vcpu, g, self.write, root=self.e_root, leaf=v))
         yield from guest_access(self.sys, self.vcpu, self.g0 + p, self.write,
                                 resume=WALK, fault_at=int(self.fault_at[p]), walk=walk)
 
@@ -308,3 +346,9 @@ def _plan(arch: "X86TdpMmu", vcpu: "Vcpu", g0: int, hi: int, write: bool
         return None
     return _Stream(arch, vcpu, g0, n, write, e_root, leaf, li0, slot0, pt, pi0,
                    int(inv[SEQ]), ptes[:n].copy())
+
+
+# a stream is a way of running the per-page code: its own functions stay out of the
+# profile's stacks (the operations carry the per-page code's frames)
+TRANSPARENT.update(f.__code__ for f in (fault_stream, _Stream.run, _Stream._resume_pre,
+                                        _Stream._resume_walk, _Stream._resume_locked))

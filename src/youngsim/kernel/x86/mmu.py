@@ -14,6 +14,7 @@ from ..kvm.kvm_main import (is_page_fault_stale, kvm_faultin_pfn, kvm_mmu_invali
 from . import spte as S
 from .ept import spte_leaf_view
 from .fault_stream import fault_stream
+from ...sim.profile import TRANSPARENT
 from .tdp_mmu import RET_PF_RETRY, TdpMmu
 
 if TYPE_CHECKING:
@@ -57,16 +58,20 @@ class X86TdpMmu(KvmArchMmu):
         return self.tdp.ad
 
     # -- vCPU side -------------------------------------------------------------------
-    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
-        return (yield from self.tdp.hw_walk(gfn, write))
+    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool, root: int | None = None,
+                leaf: int | None = None) -> Gen:
+        return (yield from self.tdp.hw_walk(gfn, write, root, leaf))
 
-    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool,
+                           mmu_seq: int | None = None, pte: int | None = None) -> Gen:
         """``kvm_mmu_page_fault`` -> ``kvm_tdp_page_fault``: fast path, then the slow
-        path under mmu_lock for read with the invalidation retry check."""
+        path under mmu_lock for read with the invalidation retry check. ``mmu_seq``
+        and ``pte``: the fault is past its fast path and those reads (a fault stream
+        hands over there, ``fault_stream.py``)."""
         kvm = self.kvm
-        if (yield from self.tdp.fast_page_fault(gfn, write)):
+        if mmu_seq is None and (yield from self.tdp.fast_page_fault(gfn, write)):
             return 0
-        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write)
+        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write, mmu_seq, pte)
         yield read_lock(kvm.mmu_lock, cost="mmu_lock_read")
         if (yield from is_page_fault_stale(kvm, mmu_seq)):
             ret = RET_PF_RETRY
@@ -93,3 +98,6 @@ class X86TdpMmu(KvmArchMmu):
 
     def zap_leaf_table(self, kvm: "Kvm", idx: int) -> Gen:
         return (yield from self.tdp.zap_leaf_table(kvm, idx))
+
+
+TRANSPARENT.add(X86TdpMmu.fault_stream.__code__)  # a way of running the per-page code

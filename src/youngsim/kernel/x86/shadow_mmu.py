@@ -213,17 +213,21 @@ class X86ShadowMmu(KvmArchMmu, EptTables):
         return spte_leaf_view(self.leaf_entries_now())
 
     # -- hardware ---------------------------------------------------------------------
-    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
-        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``)."""
-        return (yield from ept_walk(self, gfn, write))
+    def hw_walk(self, vcpu: "Vcpu", gfn: int, write: bool, root: int | None = None,
+                leaf: int | None = None) -> Gen:
+        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``; ``root``, ``leaf``: the
+        entries its loads already found, as ``X86TdpMmu.hw_walk``)."""
+        return (yield from ept_walk(self, gfn, write, root, leaf))
 
     # -- vCPU fault path (mmu_lock held for write) ---------------------------------------
-    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool) -> Gen:
+    def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool,
+                           mmu_seq: int | None = None, pte: int | None = None) -> Gen:
         """``kvm_mmu_page_fault`` -> ``FNAME(page_fault)``: resolve the pfn, then, under
         ``mmu_lock`` for **write**, check the invalidation sequence and map. (No fast
-        page fault: with A/D bits a non-present fault always takes the slow path.)"""
+        page fault: with A/D bits a non-present fault always takes the slow path.)
+        ``mmu_seq``, ``pte``: as ``X86TdpMmu.kvm_mmu_page_fault``."""
         kvm = self.kvm
-        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write)
+        mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write, mmu_seq, pte)
         yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")
         if (yield from is_page_fault_stale(kvm, mmu_seq)):
             ret = RET_PF_RETRY

@@ -93,9 +93,12 @@ class TdpMmu(EptTables):
         yield rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock")
         return ret
 
-    def _map(self, gfn: int, pfn: int, write: bool) -> Gen:
+    def _map(self, gfn: int, pfn: int, write: bool, root: int | None = None,
+             leaf: int | None = None) -> Gen:
+        """``root``, ``leaf``: the entries already loaded (a fault stream hands its
+        fault over after a check found them, ``fault_stream.py``)."""
         ri, li = self.split(gfn)
-        e = yield load(self.root, ri, cost="spte_read")
+        e = (yield load(self.root, ri, cost="spte_read")) if root is None else root
         if S.is_frozen_spte(e):
             return RET_PF_RETRY
         if not S.is_shadow_present_pte(e):
@@ -107,7 +110,7 @@ class TdpMmu(EptTables):
                 return RET_PF_RETRY
             e = new
         table = self.child(e)
-        old = yield load(table, li, cost="spte_read")
+        old = (yield load(table, li, cost="spte_read")) if leaf is None else leaf
         if S.is_frozen_spte(old):
             return RET_PF_RETRY
         if S.hw_present(old) and (not write or old & S.VMX_EPT_WRITABLE):
@@ -142,9 +145,11 @@ class TdpMmu(EptTables):
         return fixed
 
     # -- hardware ---------------------------------------------------------------------
-    def hw_walk(self, gfn: int, write: bool) -> Gen:
-        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``)."""
-        return (yield from ept_walk(self, gfn, write))
+    def hw_walk(self, gfn: int, write: bool, root: int | None = None,
+                leaf: int | None = None) -> Gen:
+        """The CPU's EPT walk on a TLB miss (``ept.ept_walk``; ``root``, ``leaf``: the
+        entries its loads already found)."""
+        return (yield from ept_walk(self, gfn, write, root, leaf))
 
     # -- zapping (mmu_lock held for write) ------------------------------------------
     def kvm_tdp_mmu_unmap_gfn_range(self, kvm: "Kvm", range: "KvmGfnRange") -> Gen:

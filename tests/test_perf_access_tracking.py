@@ -127,6 +127,17 @@ def test_keep_tlb_turns_the_young_again_check_into_a_warning(capsys):
     assert rc == 0 and "check WARN" in out
 
 
+def test_a_livelocked_access_is_reported_not_run_forever(capsys):
+    """-p on a few pages with A/D bits off: each aging pass (shorter than a fault's
+    round trip) access-tracks the page again before the vCPU's walk, so an access
+    never retires. The run stops with a ``livelock`` violation instead of hanging
+    (found by a review: before, this ran until killed)."""
+    rc, out, _ = run_cli(capsys, "-v", "3", "-b", "12K", "-p", "--seed", "1",
+                         "--design", "reviewed", "--mmu", "x86-tdp-noad")
+    assert rc == 1
+    assert "livelock: vcpu" in out and "faulted 1001 times" in out
+
+
 def test_per_page_faults_gives_the_same_json(capsys, tmp_path):
     """``--per-page-faults`` runs every fault through the per-page code: the JSON is the
     same as with fault streams, apart from the config echo."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generator
 
-from ...sim import Op, load, store, wait_until
+from ...sim import Op, Violation, load, store, wait_until
 
 if TYPE_CHECKING:
     from ..kvm.kvm_main import Kvm
@@ -71,6 +71,14 @@ class Vcpu:
         return gfn % len(self.tlb)
 
 
+#: an access that faults more often than this is reported as a livelock (a ``Violation``)
+#: instead of running forever: a fault retries only when another thread changed the
+#: entry or invalidated the range meanwhile, a handful of times in any run seen; an
+#: aging thread whose passes are shorter than a fault's round trip (``-p`` on a few
+#: pages with A/D bits off: each pass access-tracks the page again before the vCPU's
+#: walk) undoes every fault
+MAX_FAULTS_PER_ACCESS = 1000
+
 #: where ``guest_access`` starts: a new access; the walk after a fault; the fault
 #: handler after the VM exit; the re-entry after the fault handler (a stream that
 #: stopped in the middle of a page's access hands it over at one of these)
@@ -95,6 +103,7 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int =
         sys.count("tlb_hits")
     else:
         at = resume
+        faults = 0
         while True:
             if at <= WALK:
                 if walk is None:
@@ -107,6 +116,12 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int =
                     fault_at = sys.m.now  # the EPT violation / stage-2 abort
                 yield store(vcpu.insn, 0, 0, cost="vm_exit")  # the access did not retire
                 sys.count("vcpu_faults")
+                faults += 1
+                if faults > MAX_FAULTS_PER_ACCESS:
+                    raise Violation(
+                        "livelock", f"vcpu{vcpu.idx}: one access to gfn {gfn} faulted "
+                        f"{faults} times: another thread undoes each fault before the "
+                        "vCPU retries (an aging pass shorter than a fault's round trip?)")
                 at = FAULT
             if at == FAULT:
                 if fault is None:

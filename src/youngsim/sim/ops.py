@@ -377,14 +377,7 @@ def lock_cycles(lock: "Lock", n: int, read: bool = False, hold: str | None = Non
     What it saves is the model code's round trip per operation, for the per-page lock
     traffic of a chunked walker or fault stream (docs/timed.md, the full-scale plan's
     step 3)."""
-    if read:
-        acq, rel = read_lock(lock, acquire), read_unlock(lock, release)
-    elif lock.shared_ok:
-        acq, rel = write_lock(lock, acquire), write_unlock(lock, release)
-    elif lock.sleeping:
-        acq, rel = mutex_lock(lock, acquire), mutex_unlock(lock, release)
-    else:
-        acq, rel = spin_lock(lock, acquire), spin_unlock(lock, release)
+    acq, rel = _take_and_drop(lock, read, acquire, release)
     seq = [acq]
     if body is not None:
         # the template of each cycle's cmpxchg: the executor builds cycle i's from it
@@ -483,6 +476,18 @@ class CycleProgram:
         self.rel = rel
 
 
+def _take_and_drop(lock: "Lock", read: bool, acquire: str | None, release: str | None
+                   ) -> tuple[Op, Op]:
+    """A cycle's acquire and release of ``lock`` (``lock_cycles``' rule for ``read``)."""
+    if read:
+        return read_lock(lock, acquire), read_unlock(lock, release)
+    if lock.shared_ok:
+        return write_lock(lock, acquire), write_unlock(lock, release)
+    if lock.sleeping:
+        return mutex_lock(lock, acquire), mutex_unlock(lock, release)
+    return spin_lock(lock, acquire), spin_unlock(lock, release)
+
+
 def lock_program(lock: "Lock | None", n: int, locked: Any = (), gap: Any = (),
                  read: bool = False,
                  acquire: str | None = None, release: str | None = None,
@@ -518,14 +523,7 @@ def lock_program(lock: "Lock | None", n: int, locked: Any = (), gap: Any = (),
             raise ValueError("lock_program: without a lock, a cycle is the operations "
                              "of gap (at least one), none under a lock")
         return _program(None, n, list(gap), -1, notes, frames)
-    if read:
-        acq, rel = read_lock(lock, acquire), read_unlock(lock, release)
-    elif lock.shared_ok:
-        acq, rel = write_lock(lock, acquire), write_unlock(lock, release)
-    elif lock.sleeping:
-        acq, rel = mutex_lock(lock, acquire), mutex_unlock(lock, release)
-    else:
-        acq, rel = spin_lock(lock, acquire), spin_unlock(lock, release)
+    acq, rel = _take_and_drop(lock, read, acquire, release)
     return _program(lock, n, [acq, *locked, rel, *gap], len(locked) + 1, notes, frames)
 
 

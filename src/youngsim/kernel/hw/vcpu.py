@@ -103,7 +103,7 @@ def guest_access(sys: "System", vcpu: Vcpu, gfn: int, write: bool, resume: int =
         sys.count("tlb_hits")
     else:
         at = resume
-        faults = 0
+        faults = 1 if fault_at >= 0 else 0  # a stream hands over after its first fault
         while True:
             if at <= WALK:
                 if walk is None:

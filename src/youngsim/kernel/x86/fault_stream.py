@@ -25,8 +25,8 @@ entries, ``mmu_invalidate_seq`` and ``_in_progress``, the primary PTE's pfn, the
 the cmpxchg replaces. While the checks hold, the stream is the per-page code step for
 step, run alone or not. The notes record what the per-page code records between its
 operations (the fault's start, the ghost state, the fault latency sample) at the same
-steps. Loads whose value is not branched on (the TLB lookup, A/D-off fast-path reads)
-are plain loads, as they are per page.
+steps. The TLB lookup, whose value only this vCPU can change (a miss stays a miss), is a
+plain load; so are the A/D-off fast path's reads (see below).
 
 At a failed check the run ends right after it (under ``mmu_lock``, still holding it)
 and the page's access goes on in the per-page code from what the check found
@@ -42,8 +42,8 @@ section (a spinning lock held) already covers them, so no grace period can tell 
 apart. Left inexact: with A/D bits off, ``fast_page_fault``'s reads of the root and leaf
 entries are plain loads here (the per-page code branches on them), so a zap or an
 access-tracked entry racing with a stream's page between its walk and those reads is
-not seen; and after a hand-over the profile's stacks lack the per-page code's frames
-between ``guest_access`` and the function that goes on (``_map``).
+not seen (the scenario's stream pages are empty until installed); and after a
+hand-over inside ``_map`` the profile's stacks lack the frames above it.
 
 Not streamed (the per-page code runs): the first fault of a leaf table (it allocates
 and links it), pages whose TLB slot hits, entries that are present, a primary PTE that

@@ -79,3 +79,63 @@ def test_a_race_gives_the_per_page_run(monkeypatch, scen, delay, hold, mmu, eage
     assert a == b
     if scen != "write":
         assert handed[0] > 0  # the race did reach a check
+
+
+def _zap_run(streams: bool, delay: int, mmu: str, eager: bool) -> dict[str, Any]:
+    """A stream over 199 pages of leaf table 0 while another thread zaps that table
+    (``mmu_lock`` for write, unlink and freeze, flush): the stream's next cycle finds the
+    root entry gone under the lock and ``_map`` goes on from it (a new table)."""
+    from youngsim.kernel.kvm.kvm_main import kvm_flush_remote_tlbs
+    from youngsim.sim import write_lock, write_unlock
+    m = Machine()
+    s = build_system(m, "upstream", mmu, npages=1024, nvcpus=2)
+    m.invariants.clear()
+    m.watches.clear()
+    s.fault_streams = streams
+    v0 = s.kvms[0].vcpus[0]
+    kvm = s.kvms[0]
+
+    def vcpu0() -> Any:
+        yield from guest_access(s, v0, 0, False)
+        yield from guest_access_range(s, v0, 1, 200, False)
+
+    def zapper() -> Any:
+        for _ in range(delay):
+            yield nop(cost="guest_insn")
+        yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")
+        zapped = yield from kvm.arch.zap_leaf_table(kvm, 0)
+        yield write_unlock(kvm.mmu_lock, cost="mmu_lock_write_release")
+        if zapped:
+            yield from kvm_flush_remote_tlbs(kvm)
+
+    m.spawn(vcpu0, name="vcpu0")
+    m.spawn(zapper, name="zapper")
+    d = TimedDriver(m)
+    if eager:
+        d.engine_min_stretch = d.engine_min_ops = 0
+    r = d.run().to_dict()
+    r.pop("wall_s", None)
+    r["sptes"] = kvm.arch.leaf_view()[0].tolist()
+    r["accessed"] = s.ghost.accessed.tolist()
+    r["violation"] = None if m.violation is None else m.violation.kind
+    return r
+
+
+@pytest.mark.parametrize("delay", [2000, 20718])
+@pytest.mark.parametrize("mmu", ["x86-tdp", "x86-tdp-noad"])
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_table_zapped_under_a_stream_gives_the_per_page_run(monkeypatch, delay, mmu,
+                                                              eager):
+    handed: dict[str, int] = {}
+    for name in ("_resume_pre", "_resume_locked"):
+        f = getattr(FS._Stream, name)
+
+        def counted(st: Any, *a: Any, f: Any = f, name: str = name) -> Any:
+            handed[name] = handed.get(name, 0) + 1
+            return (yield from f(st, *a))
+        monkeypatch.setattr(FS._Stream, name, counted)
+    a = _zap_run(True, delay, mmu, eager)
+    # where the stream sees the zap: with A/D bits, the root-entry check under
+    # mmu_lock; without, first fast_page_fault's root-entry check (its pre part)
+    assert handed.get("_resume_locked" if mmu == "x86-tdp" else "_resume_pre", 0) > 0
+    assert a == _zap_run(False, delay, mmu, eager)

@@ -26,7 +26,7 @@ the cmpxchg replaces. While the checks hold, the stream is the per-page code ste
 step, run alone or not. The notes record what the per-page code records between its
 operations (the fault's start, the ghost state, the fault latency sample) at the same
 steps. The TLB lookup, whose value only this vCPU can change (a miss stays a miss), is a
-plain load; so are the A/D-off fast path's reads (see below).
+plain load.
 
 At a failed check the run ends right after it (under ``mmu_lock``, still holding it)
 and the page's access goes on in the per-page code from what the check found
@@ -39,11 +39,10 @@ the same page, an invalidation) gives the per-page code's operations too. Two
 operations of the per-page code are ``nop``s with their labels here: the
 ``rcu_read_lock``/``rcu_read_unlock`` nested inside ``mmu_lock``, whose RCU-sched read
 section (a spinning lock held) already covers them, so no grace period can tell them
-apart. Left inexact: with A/D bits off, ``fast_page_fault``'s reads of the root and leaf
-entries are plain loads here (the per-page code branches on them), so a zap or an
-access-tracked entry racing with a stream's page between its walk and those reads is
-not seen (the scenario's stream pages are empty until installed); and after a
-hand-over inside ``_map`` the profile's stacks lack the frames above it.
+apart. With A/D bits off, ``fast_page_fault``'s reads are checks too, inside its RCU
+read section; a hand-over there goes on in ``fast_page_fault(root=, leaf=)`` and the
+slow path (``kvm_mmu_page_fault(fast=False)``). Left inexact: after a hand-over inside
+``_map`` or ``fast_page_fault`` the profile's stacks lack the frames above it.
 
 Not streamed (the per-page code runs): the first fault of a leaf table (it allocates
 and links it), pages whose TLB slot hits, entries that are present, a primary PTE that
@@ -57,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import numpy as np
 
-from ...sim import (Op, load, nop, rcu_read_lock, rcu_read_unlock, read_unlock, store,
+from ...sim import (Op, nop, rcu_read_lock, rcu_read_unlock, read_unlock, store,
                     wait_until)
 from ...sim.profile import TRANSPARENT
 from ...sim.ops import each_cas, each_load, each_store, lock_program
@@ -84,6 +83,7 @@ _PTE_MASK = (_ALL & ~((1 << PTE_PFN_SHIFT) - 1)) | _PAGE_PRESENT
 #: load follows), of the last stale check and of the root-entry check in a cycle
 #: (the acquire is 0)
 _PRE_ROOT = 3
+_PRE_FAST = 7  # A/D off: fast_page_fault's root-entry read (its RCU lock is 6)
 _POST_ROOT = 2
 _LOCKED_STALE = 2
 _LOCKED_ROOT = 4
@@ -144,8 +144,10 @@ class _Stream:
         ]
         if not tdp.ad:  # fast_page_fault: can an access-tracked SPTE be restored?
             ops += [(rcu_read_lock(self.sys.rcu, cost="rcu_read_lock"), _FAST, None),
-                    (load(tdp.root, self._ri, cost="spte_read"), _FAST, None),
-                    (each_load(self.leaf, self.li0 + b, cost="spte_read"), _FAST, None),
+                    (each_load(tdp.root, self._ri, stride=0, expect=self.e_root,
+                               cost="spte_read"), _FAST, None),
+                    (each_load(self.leaf, self.li0 + b, expect=self.old[b:],
+                               cost="spte_read"), _FAST, None),
                     (rcu_read_unlock(self.sys.rcu, cost="rcu_read_unlock"), _FAST, None)]
         ops += [
             (each_load(inv, SEQ, stride=0, expect=self.seq, cost="mmu_seq_read"), _SEQ,
@@ -254,13 +256,24 @@ class _Stream:
             yield from self._resume_walk(p, pos - _PRE_ROOT, v)
             return
         g = self.g0 + p
-        if pos == self.npre - 2:  # mmu_invalidate_seq changed since the plan
+        if not self.arch.tdp.ad and pos < _PRE_FAST + 2:  # fast_page_fault's reads
+            fault = self._fast_fault(g, v if pos == _PRE_FAST else self.e_root,
+                                     None if pos == _PRE_FAST else v)
+        elif pos == self.npre - 2:  # mmu_invalidate_seq changed since the plan
             fault = self.arch.kvm_mmu_page_fault(self.vcpu, g, self.write, mmu_seq=v)
         else:  # the primary PTE changed
             fault = self.arch.kvm_mmu_page_fault(self.vcpu, g, self.write,
                                                  mmu_seq=self.seq, pte=v)
         yield from guest_access(self.sys, self.vcpu, g, self.write, resume=FAULT,
                                 fault_at=int(self.fault_at[p]), fault=fault)
+
+    def _fast_fault(self, g: int, root: int, leaf: int | None) -> Gen:
+        """``kvm_mmu_page_fault`` going on inside ``fast_page_fault`` from the entries
+        its reads found: fixed there, or on to the slow path."""
+        if (yield from self.arch.tdp.fast_page_fault(g, self.write, root, leaf)):
+            return 0
+        return (yield from self.arch.kvm_mmu_page_fault(self.vcpu, g, self.write,
+                                                        fast=False))
 
     def _resume_locked(self, p: int, j: int, v: int) -> Gen:
         """Page ``p``'s check at position ``j`` under ``mmu_lock`` (held) found ``v``:
@@ -351,4 +364,5 @@ def _plan(arch: "X86TdpMmu", vcpu: "Vcpu", g0: int, hi: int, write: bool
 # a stream is a way of running the per-page code: its own functions stay out of the
 # profile's stacks (the operations carry the per-page code's frames)
 TRANSPARENT.update(f.__code__ for f in (fault_stream, _Stream.run, _Stream._resume_pre,
-                                        _Stream._resume_walk, _Stream._resume_locked))
+                                        _Stream._resume_walk, _Stream._resume_locked,
+                                        _Stream._fast_fault))

@@ -63,13 +63,14 @@ class X86TdpMmu(KvmArchMmu):
         return (yield from self.tdp.hw_walk(gfn, write, root, leaf))
 
     def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool,
-                           mmu_seq: int | None = None, pte: int | None = None) -> Gen:
+                           mmu_seq: int | None = None, pte: int | None = None,
+                           fast: bool = True) -> Gen:
         """``kvm_mmu_page_fault`` -> ``kvm_tdp_page_fault``: fast path, then the slow
         path under mmu_lock for read with the invalidation retry check. ``mmu_seq``
-        and ``pte``: the fault is past its fast path and those reads (a fault stream
-        hands over there, ``fault_stream.py``)."""
+        and ``pte``: the fault is past its fast path and those reads; ``fast=False``:
+        past its fast path (a fault stream hands over there, ``fault_stream.py``)."""
         kvm = self.kvm
-        if mmu_seq is None and (yield from self.tdp.fast_page_fault(gfn, write)):
+        if fast and mmu_seq is None and (yield from self.tdp.fast_page_fault(gfn, write)):
             return 0
         mmu_seq, pfn = yield from kvm_faultin_pfn(kvm, gfn, write, mmu_seq, pte)
         yield read_lock(kvm.mmu_lock, cost="mmu_lock_read")

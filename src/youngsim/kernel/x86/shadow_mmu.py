@@ -221,7 +221,8 @@ class X86ShadowMmu(KvmArchMmu, EptTables):
 
     # -- vCPU fault path (mmu_lock held for write) ---------------------------------------
     def kvm_mmu_page_fault(self, vcpu: "Vcpu", gfn: int, write: bool,
-                           mmu_seq: int | None = None, pte: int | None = None) -> Gen:
+                           mmu_seq: int | None = None, pte: int | None = None,
+                           fast: bool = True) -> Gen:
         """``kvm_mmu_page_fault`` -> ``FNAME(page_fault)``: resolve the pfn, then, under
         ``mmu_lock`` for **write**, check the invalidation sequence and map. (No fast
         page fault: with A/D bits a non-present fault always takes the slow path.)

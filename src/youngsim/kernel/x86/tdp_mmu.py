@@ -124,18 +124,22 @@ class TdpMmu(EptTables):
         self.ghost_install(gfn, pfn, dirty=write and self.ad)
         return RET_PF_FIXED
 
-    def fast_page_fault(self, gfn: int, write: bool) -> Gen:
+    def fast_page_fault(self, gfn: int, write: bool, root: int | None = None,
+                        leaf: int | None = None) -> Gen:
         """Lockless fix of an access-tracked SPTE (``fast_page_fault``): restore the saved
-        R/X bits with a cmpxchg. Returns True if the fault was fixed."""
+        R/X bits with a cmpxchg. Returns True if the fault was fixed. ``root``,
+        ``leaf``: it is inside its RCU section and its reads found these (a fault
+        stream hands over there)."""
         if self.ad:
             return False  # page_fault_can_be_fast(): a non-present fault with A/D is slow
-        yield rcu_read_lock(self.sys.rcu, cost="rcu_read_lock")
+        if root is None:
+            yield rcu_read_lock(self.sys.rcu, cost="rcu_read_lock")
         fixed = False
         ri, li = self.split(gfn)
-        e = yield load(self.root, ri, cost="spte_read")
+        e = (yield load(self.root, ri, cost="spte_read")) if root is None else root
         if S.is_shadow_present_pte(e):
             table = self.child(e)
-            old = yield load(table, li, cost="spte_read")
+            old = (yield load(table, li, cost="spte_read")) if leaf is None else leaf
             if (S.is_shadow_present_pte(old) and S.is_access_track_spte(old)
                     and not write):
                 new = S.restore_acc_track_spte(old)

@@ -811,66 +811,20 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     return steps
 
 
-class _Bodies:
-    """The cmpxchg bodies' state for ``run``: the words the remaining cycles can touch,
-    copied from each distinct table into one flat array (and copied back after), per
-    thread where its table's copy starts, its first word and its old/new values (flat
-    arrays at an offset), and the tables' cache-line stamps (flat, per table a block of
-    the lines the cycles can touch) as the driver keeps them (last writer, when)."""
+class _Copy:
+    """Words the engine works on, copied from the machine's objects into one flat array,
+    and the cache-line stamps of some of their lines as the driver keeps them (last
+    writer, when); ``write_back`` puts both back (a stamp only where the engine wrote
+    one)."""
 
-    def __init__(self, T: int) -> None:
+    def __init__(self) -> None:
         self.data = np.zeros(1, np.uint64)
-        self.wbase = np.zeros(T, np.int64)
         self.words: list[tuple[Any, int, int, int]] = []  # (Words, first, last, start)
-        self.lo = np.zeros(T, np.int64)
-        self.off = np.zeros(T, np.int64)
-        self.lbase = np.zeros(T, np.int64)
-        self.old = np.zeros(1, np.uint64)
-        self.new = np.zeros(1, np.uint64)
         self.ltime = np.zeros(1, np.int64)
         self.ltid = np.full(1, -1, np.int64)
-        self.blocks: list[tuple[int, int, int]] = []  # (oid, first line, block start)
-        self.nlines: dict[int, int] = {}  # oid -> lines in its block
-        self.t0 = self.ltime
-        self.d0 = self.ltid
-
-    def write_back(self, d: Any) -> None:
-        for w, a, b, k in self.words:
-            w.data[a:b + 1] = self.data[k:k + b - a + 1]
-        lines = d._lines
-        for oid, l0, b in self.blocks:
-            for k in range(b, b + self.nlines[oid]):
-                tid = int(self.ltid[k])
-                if tid < 0 or (tid == self.d0[k] and self.ltime[k] == self.t0[k]):
-                    continue
-                lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
-
-
-class _Program:
-    """The ``lock_program`` threads' words for ``run``: one flat copy of the words
-    their remaining cycles can touch (copied back after), the line stamps of those
-    words' cache lines as the driver keeps them, and per (thread, position): where its
-    object's copy and lines start (``wb``, ``lb``), its word ``lo + stride * i``, its
-    values and expected values (where cycle ``i0`` of the thread's are in ``vals``, or
-    -1 and one constant), its mask, and whether a note follows it."""
-
-    def __init__(self, T: int, W: int) -> None:
-        z = np.zeros((T, W), np.int64)
-        self.wb, self.lo, self.stride, self.lb = z, z.copy(), z.copy(), z.copy()
-        self.vo, self.eo = np.full((T, W), -1, np.int64), np.full((T, W), -1, np.int64)
-        self.vc = np.zeros((T, W), np.uint64)
-        self.ec = np.zeros((T, W), np.uint64)
-        self.mask = np.zeros((T, W), np.uint64)
-        self.note = np.zeros((T, W), np.int64)
-        self.i0 = np.zeros(T, np.int64)  # the cycle ``vals`` start at, per thread
-        self.data = np.zeros(1, np.uint64)
-        self.vals = np.zeros(1, np.uint64)
-        self.ltime = np.zeros(1, np.int64)
-        self.ltid = np.full(1, -1, np.int64)
+        #: (oid, first line, block start, lines in the block)
+        self.blocks: list[tuple[int, int, int, int]] = []
         self.t0, self.d0 = self.ltime, self.ltid
-        self.words: list[tuple[Any, int, int, int]] = []  # (Words, first, last, start)
-        self.blocks: list[tuple[int, int, int, int]] = []  # (oid, line0, start, n)
-        self.cas_keys: dict[int, str] = {}
 
     def write_back(self, d: Any) -> None:
         for w, a, b, k in self.words:
@@ -882,6 +836,45 @@ class _Program:
                 if tid < 0 or (tid == self.d0[k] and self.ltime[k] == self.t0[k]):
                     continue
                 lines[(oid << 32) | (l0 + k - b)] = (int(self.ltime[k]) << 32) | tid
+
+
+class _Bodies(_Copy):
+    """The cmpxchg bodies' state for ``run``: the words the remaining cycles can touch,
+    copied from each distinct table into one flat array (and copied back after), per
+    thread where its table's copy starts, its first word and its old/new values (flat
+    arrays at an offset), and the tables' cache-line stamps (flat, per table a block of
+    the lines the cycles can touch) as the driver keeps them (last writer, when)."""
+
+    def __init__(self, T: int) -> None:
+        super().__init__()
+        self.wbase = np.zeros(T, np.int64)
+        self.lo = np.zeros(T, np.int64)
+        self.off = np.zeros(T, np.int64)
+        self.lbase = np.zeros(T, np.int64)
+        self.old = np.zeros(1, np.uint64)
+        self.new = np.zeros(1, np.uint64)
+
+
+class _Program(_Copy):
+    """The ``lock_program`` threads' words for ``run``: one flat copy of the words
+    their remaining cycles can touch (copied back after), the line stamps of those
+    words' cache lines as the driver keeps them, and per (thread, position): where its
+    object's copy and lines start (``wb``, ``lb``), its word ``lo + stride * i``, its
+    values and expected values (where cycle ``i0`` of the thread's are in ``vals``, or
+    -1 and one constant), its mask, and whether a note follows it."""
+
+    def __init__(self, T: int, W: int) -> None:
+        super().__init__()
+        z = np.zeros((T, W), np.int64)
+        self.wb, self.lo, self.stride, self.lb = z, z.copy(), z.copy(), z.copy()
+        self.vo, self.eo = np.full((T, W), -1, np.int64), np.full((T, W), -1, np.int64)
+        self.vc = np.zeros((T, W), np.uint64)
+        self.ec = np.zeros((T, W), np.uint64)
+        self.mask = np.zeros((T, W), np.uint64)
+        self.note = np.zeros((T, W), np.int64)
+        self.i0 = np.zeros(T, np.int64)  # the cycle ``vals`` start at, per thread
+        self.vals = np.zeros(1, np.uint64)
+        self.cas_keys: dict[int, str] = {}
 
 
 def _program_words(d: Any, m: Any, programs: list[tuple[int, Any, Any, int, int, Any, int]],
@@ -1104,8 +1097,7 @@ def _bodies(d: Any, m: Any, bodies: list[tuple[int, Any, int, int, Any]],
     lines = d._lines
     for oid, (a, b) in span.items():
         start[oid] = k
-        bx.blocks.append((oid, a, k))
-        bx.nlines[oid] = b - a + 1
+        bx.blocks.append((oid, a, k, b - a + 1))
         for ln in range(a, b + 1):
             v = lines.get((oid << 32) | ln)
             if v is not None:

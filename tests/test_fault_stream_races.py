@@ -1,37 +1,60 @@
 """Fault streams racing with other threads on the same entries (from a review): a
-second vCPU faulting pages of the same stream, and an invalidation while a stream
-runs. Each check that fails hands the page to the per-page code at the point the
+second vCPU faulting pages of the same stream, an invalidation while a stream runs,
+and a zap of the stream's leaf table. Each check that fails hands the page to the per-page code at the point the
 check stands for, so the run is the per-page code's, operation for operation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from youngsim.check.model import HVA_BASE, build_system
 from youngsim.kernel.hw.vcpu import guest_access, guest_access_range
+from youngsim.kernel.kvm.kvm_main import kvm_flush_remote_tlbs
 from youngsim.kernel.mm.mmu_notifier import (mmu_notifier_invalidate_range_end,
                                              mmu_notifier_invalidate_range_start)
 from youngsim.kernel.x86 import fault_stream as FS
-from youngsim.sim import Machine, nop
+from youngsim.sim import Machine, nop, write_lock, write_unlock
 from youngsim.sim.timed import TimedDriver
 
 
-def _run(streams: bool, scen: str, delay: int, mmu: str, eager: bool, hold: int = 0
-         ) -> dict[str, Any]:
+def _race(streams: bool, mmu: str, eager: bool, hi: int, write: bool,
+          other: Callable[[Any], Any]) -> dict[str, Any]:
+    """vCPU 0 faults in gfn 0 (linking leaf table 0), then streams over gfns
+    ``[1, hi)`` while ``other(system)`` runs beside it; what the run did: the timed
+    result, the SPTEs, the ghost state, the samples, the steps of each thread and the
+    violation if any."""
     m = Machine()
     s = build_system(m, "upstream", mmu, npages=1024, nvcpus=2)
     m.invariants.clear()
     m.watches.clear()
     s.fault_streams = streams
-    v0, v1 = s.kvms[0].vcpus
+    v0 = s.kvms[0].vcpus[0]
 
     def vcpu0() -> Any:
         yield from guest_access(s, v0, 0, False)  # links the leaf table
-        yield from guest_access_range(s, v0, 1, 40, scen == "write")
+        yield from guest_access_range(s, v0, 1, hi, write)
 
-    def other() -> Any:
+    m.spawn(vcpu0, name="vcpu0")
+    m.spawn(other, s, name="other")
+    d = TimedDriver(m)
+    if eager:
+        d.engine_min_stretch = d.engine_min_ops = 0
+    r = d.run().to_dict()
+    r.pop("wall_s", None)
+    arch = s.kvms[0].arch
+    r["sptes"] = arch.leaf_view()[0].tolist()
+    r["ghost"] = (s.ghost.accessed.tolist(), arch.tables.installed_pfns().tolist())
+    r["samples"] = {k: list(v) for k, v in s.samples.items()}
+    r["steps_per_thread"] = [t.steps for t in m.threads]
+    r["violation"] = None if m.violation is None else m.violation.kind
+    return r
+
+
+def _run(streams: bool, scen: str, delay: int, mmu: str, eager: bool, hold: int = 0
+         ) -> dict[str, Any]:
+    def other(s: Any) -> Any:
         for _ in range(delay):
             yield nop(cost="guest_insn")
         if scen == "inval":  # gfns 10-11: mmu_invalidate_seq moves, in_progress 1
@@ -41,22 +64,9 @@ def _run(streams: bool, scen: str, delay: int, mmu: str, eager: bool, hold: int 
                 yield nop(cost="guest_insn")
             yield from mmu_notifier_invalidate_range_end(s.mm, a, b)
         else:  # a second vCPU faults some of the same pages
-            yield from guest_access_range(s, v1, 5, 30, False)
+            yield from guest_access_range(s, s.kvms[0].vcpus[1], 5, 30, False)
 
-    m.spawn(vcpu0, name="vcpu0")
-    m.spawn(other, name="other")
-    d = TimedDriver(m)
-    if eager:
-        d.engine_min_stretch = d.engine_min_ops = 0
-    r = d.run().to_dict()
-    r.pop("wall_s", None)
-    arch = s.kvms[0].arch
-    r["sptes"] = arch.leaf_view()[0].tolist()
-    r["ghost"] = (s.ghost.accessed.tolist(), arch.tables.installed_pfns().tolist()
-                  if hasattr(arch.tables, "installed_pfns") else None)
-    r["samples"] = {k: list(v) for k, v in s.samples.items()}
-    r["steps_per_thread"] = [t.steps for t in m.threads]
-    return r
+    return _race(streams, mmu, eager, 40, scen == "write", other)
 
 
 @pytest.mark.parametrize("scen,delay,hold", [
@@ -85,21 +95,8 @@ def _zap_run(streams: bool, delay: int, mmu: str, eager: bool) -> dict[str, Any]
     """A stream over 199 pages of leaf table 0 while another thread zaps that table
     (``mmu_lock`` for write, unlink and freeze, flush): the stream's next cycle finds the
     root entry gone under the lock and ``_map`` goes on from it (a new table)."""
-    from youngsim.kernel.kvm.kvm_main import kvm_flush_remote_tlbs
-    from youngsim.sim import write_lock, write_unlock
-    m = Machine()
-    s = build_system(m, "upstream", mmu, npages=1024, nvcpus=2)
-    m.invariants.clear()
-    m.watches.clear()
-    s.fault_streams = streams
-    v0 = s.kvms[0].vcpus[0]
-    kvm = s.kvms[0]
-
-    def vcpu0() -> Any:
-        yield from guest_access(s, v0, 0, False)
-        yield from guest_access_range(s, v0, 1, 200, False)
-
-    def zapper() -> Any:
+    def zapper(s: Any) -> Any:
+        kvm = s.kvms[0]
         for _ in range(delay):
             yield nop(cost="guest_insn")
         yield write_lock(kvm.mmu_lock, cost="mmu_lock_write")
@@ -108,17 +105,7 @@ def _zap_run(streams: bool, delay: int, mmu: str, eager: bool) -> dict[str, Any]
         if zapped:
             yield from kvm_flush_remote_tlbs(kvm)
 
-    m.spawn(vcpu0, name="vcpu0")
-    m.spawn(zapper, name="zapper")
-    d = TimedDriver(m)
-    if eager:
-        d.engine_min_stretch = d.engine_min_ops = 0
-    r = d.run().to_dict()
-    r.pop("wall_s", None)
-    r["sptes"] = kvm.arch.leaf_view()[0].tolist()
-    r["accessed"] = s.ghost.accessed.tolist()
-    r["violation"] = None if m.violation is None else m.violation.kind
-    return r
+    return _race(streams, mmu, eager, 200, False, zapper)
 
 
 @pytest.mark.parametrize("delay", [2000, 20718])

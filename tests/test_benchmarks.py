@@ -12,8 +12,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_aging_scale.py"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True,
+def run(*args: str, script: Path = BENCH) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -42,17 +42,15 @@ LOCK_BENCH = BENCH.parent / "bench_lock_cycles.py"
 @pytest.mark.parametrize("writer", [[], ["--no-writer"], ["--body"],
                                     ["--body", "--stagger"]])
 def test_lock_cycle_benchmark_runs_both_ways_with_the_same_result(writer):
-    r = subprocess.run([sys.executable, str(LOCK_BENCH), "--vcpus", "6", "--faults", "600",
-                        "--repeat", "1", "--no-pin", *writer], capture_output=True,
-                       text=True, timeout=600)
+    r = run("--vcpus", "6", "--faults", "600", "--repeat", "1", "--no-pin", *writer,
+            script=LOCK_BENCH)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "timed result of the two runs: identical" in r.stdout
     assert "lock_cycles / loop" in r.stdout
 
 
 def test_lock_cycle_benchmark_rejects_bad_input_in_one_line():
-    r = subprocess.run([sys.executable, str(LOCK_BENCH), "--faults", "0"],
-                       capture_output=True, text=True, timeout=600)
+    r = run("--faults", "0", script=LOCK_BENCH)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "counts must be >= 1 and times >= 0" in r.stderr
 
@@ -61,15 +59,13 @@ STREAM_BENCH = BENCH.parent / "bench_fault_stream.py"
 
 
 def test_fault_stream_benchmark_runs_both_ways_with_the_same_result():
-    r = subprocess.run([sys.executable, str(STREAM_BENCH), "-v", "4", "-b", "256K",
-                        "--rounds", "1"], capture_output=True, text=True, timeout=600)
+    r = run("-v", "4", "-b", "256K", "--rounds", "1", script=STREAM_BENCH)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("results identical") == 2
     assert "per page / streams" in r.stdout
 
 
 def test_fault_stream_benchmark_rejects_bad_input_in_one_line():
-    r = subprocess.run([sys.executable, str(STREAM_BENCH), "-b", "3K"],
-                       capture_output=True, text=True, timeout=600)
+    r = run("-b", "3K", script=STREAM_BENCH)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "multiple of the 4 KiB page size" in r.stderr

@@ -1,4 +1,5 @@
-"""The cycle engine: ``lock_cycles`` traffic on one lock, stepped in compiled code.
+"""The cycle engine: ``lock_cycles`` and ``lock_program`` traffic on one lock, stepped in
+compiled code.
 
 ``ops.lock_cycles`` is one yielded operation that the executor runs as the loop it
 stands for (acquire, hold, release, gap, n times), one driver step per operation. With
@@ -14,7 +15,10 @@ step each:
   writer waits), the wakeup handoff, the lock-word surcharge, CPU-time categories,
   per-label counts and ns, and the lock's wait and hold samples by holder; and a
   cycle's cmpxchg (``lock_cycles(body=...)``) with its cache-line surcharge, its cas
-  counters and the early end of a run whose cmpxchg failed.
+  counters and the early end of a run whose cmpxchg failed; and a ``lock_program``'s
+  operations on words (a check, a store, a cmpxchg, a ``wait_until``), stopping before
+  a check that would fail or a wait that would block, with its notes recorded and
+  replayed in order after the stretch (docs/timed.md, step 2).
 - ``hand_over`` (plain Python) is called by ``TimedDriver._loop`` when the thread it is
   about to step has such an operation pending. It checks that the engine may run,
   copies the state the loop needs into arrays, calls ``run``, and writes the result

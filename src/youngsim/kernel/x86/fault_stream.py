@@ -212,10 +212,8 @@ class _Stream:
         """Page 0's pre part, then the cycles; returns the pages accessed."""
         pre0 = self.pre(0)
         self.npre = len(pre0)
-        _, j, v = yield lock_program(  # one cycle without a lock: page 0's pre part
-            None, 1, gap=[x for x, _, _ in pre0],
-            notes={j: f for j, (_, _, f) in enumerate(pre0) if f is not None},
-            frames={j: fr for j, (_, fr, _) in enumerate(pre0)})
+        # one cycle without a lock: page 0's pre part
+        _, j, v = yield self._program(None, 1, [], pre0)
         if j >= 0:
             yield from self._resume_pre(0, j, v)
             return 1
@@ -225,14 +223,7 @@ class _Stream:
         for b, cycles, nxt in ((0, n - 1, True), (n - 1, 1, False)):
             locked, post = self.locked(b), self.post(b)
             gap = post + (self.pre(b + 1) if nxt else [])
-            parts = [(None, _FAULT, None)] + locked + [(None, _FAULT, None)] + gap
-            prog = lock_program(
-                self.arch.kvm.mmu_lock, cycles, locked=[x for x, _, _ in locked],
-                gap=[x for x, _, _ in gap], read=True, acquire="mmu_lock_read",
-                release="mmu_lock_read_release",
-                notes={j: f for j, (_, _, f) in enumerate(parts) if f is not None},
-                frames={j: fr for j, (_, fr, _) in enumerate(parts)})
-            i, j, v = yield prog
+            i, j, v = yield self._program(self.arch.kvm.mmu_lock, cycles, locked, gap)
             if j < 0:
                 continue
             rel = len(locked) + 1
@@ -246,6 +237,19 @@ class _Stream:
             yield from self._resume_pre(p + 1, j - rel - 1 - len(post), v)
             return p + 2
         return n
+
+    @staticmethod
+    def _program(lock: Any, n: int, locked: list[Any], gap: list[Any]) -> Op:
+        """The ``lock_program`` of ``(operation, frames, note)`` triples: ``mmu_lock``
+        taken for read around ``locked`` (its acquire and release in
+        ``kvm_mmu_page_fault``'s frames), or with ``lock`` None the gap alone."""
+        parts = gap if lock is None else (
+            [(None, _FAULT, None)] + locked + [(None, _FAULT, None)] + gap)
+        return lock_program(
+            lock, n, locked=[x for x, _, _ in locked], gap=[x for x, _, _ in gap],
+            read=True, acquire="mmu_lock_read", release="mmu_lock_read_release",
+            notes={j: f for j, (_, _, f) in enumerate(parts) if f is not None},
+            frames={j: fr for j, (_, fr, _) in enumerate(parts)})
 
     def _resume_pre(self, p: int, pos: int, v: int) -> Gen:
         """Page ``p``'s check at position ``pos`` of its pre part found ``v``: the

@@ -568,7 +568,8 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     cyc: list[int] = [tid]
     foreign: list[tuple[int, int, int]] = []  # (time, queue position, tid)
     cseq: dict[int, int] = {tid: -1}
-    for i, (tm, x) in enumerate(zip(rq.times, rq.tids)):
+    rqo = rq.ordered()
+    for i, (tm, x) in enumerate(rqo):
         tx = threads[x]
         if tx.cyc is not None and tx.cyc[0].obj is lock:
             cyc.append(x)
@@ -727,7 +728,7 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
         qmode[i] = md
     # the heap: the popped thread first (it was at the head), then the ready ones in
     # their queue order; the engine's pushes come after every one of those
-    n_rq = len(rq.times)
+    n_rq = len(rqo)
     ht = np.zeros(qcap, np.int64)
     hs = np.zeros(qcap, np.int64)
     hid = np.zeros(qcap, np.int64)
@@ -741,10 +742,10 @@ def _hand_over(d: Any, tid: int, now: int, limit: int, budget: int) -> int:
     clk[tid] = now
     _push(ht, hs, hid, st, now, tid)
     for i in range(n_rq):
-        x = rq.tids[i]
+        x = rqo[i][1]
         if x in cseq and x != tid:
             st[S_SEQ] = i
-            _push(ht, hs, hid, st, rq.times[i], x)
+            _push(ht, hs, hid, st, rqo[i][0], x)
     st[S_SEQ] = n_rq
     hz_t, hz_s = (foreign[0][0], foreign[0][1]) if foreign else (1 << 62, 0)
     ncat = len(d.cat_names)
@@ -1258,6 +1259,4 @@ def _write_back(d: Any, m: Any, lock: Any, ls: Any, cyc: list[int],
     ents = [(int(ht[i]), int(hs[i]), int(hid[i])) for i in range(int(st[S_HN]))]
     ents.extend(foreign)
     ents.sort()
-    rq = d._rq
-    rq.times[:] = [e[0] for e in ents]
-    rq.tids[:] = [e[2] for e in ents]
+    d._rq.assign([(e[0], e[2]) for e in ents])

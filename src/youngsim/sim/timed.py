@@ -70,7 +70,6 @@ and are reported in the result, as with the checker.
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Sequence
 
@@ -154,28 +153,51 @@ _KCLASS: tuple[int, ...] = tuple(
 
 class _ReadyQueue:
     """Threads ready to run, earliest ready time first and, at equal times, in the order
-    they were queued: two parallel lists kept sorted by time, a thread inserted after
-    those already queued at its time (``bisect_right``).
+    they were queued: two parallel lists kept sorted, the earliest entry *last* so that
+    taking it is a ``pop()`` from the end (no memmove of the rest).
 
-    The same order as a heap of ``(time, sequence number, tid)``, with no tuple or dict
-    entry per thread: the queue is short (the threads that can run now, not the parked
-    ones), so an insertion's memmove costs less than a heap's comparisons."""
+    ``keys`` holds the negated ready times in ascending order; a thread is inserted
+    before those already queued at its time (``bisect_left`` on the negated time), so
+    at equal times the first queued is nearest the end and runs first. The same order
+    as a heap of ``(time, sequence number, tid)``, with no tuple or dict entry per
+    thread: the queue is short (the threads that can run now, not the parked ones), so
+    an insertion's memmove costs less than a heap's comparisons."""
 
-    __slots__ = ("times", "tids")
+    __slots__ = ("keys", "tids")
 
     def __init__(self) -> None:
-        self.times: list[int] = []  # sorted; the earliest ready time is times[0]
-        self.tids: list[int] = []  # the thread of each entry of ``times``
+        self.keys: list[int] = []  # -time, ascending: the earliest ready time is -keys[-1]
+        self.tids: list[int] = []  # the thread of each entry of ``keys``
 
     def push(self, time: int, tid: int) -> None:
-        i = bisect_right(self.times, time)
-        self.times.insert(i, time)
-        self.tids.insert(i, tid)
+        # ``bisect_left(keys, -time)`` written out: compiled, this loop over a short
+        # list of machine ints costs a tenth of a call into the bisect module
+        keys = self.keys
+        k = -time
+        lo = 0
+        hi = len(keys)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if keys[mid] < k:
+                lo = mid + 1
+            else:
+                hi = mid
+        keys.insert(lo, k)
+        self.tids.insert(lo, tid)
 
     def pop(self) -> int:
-        """The first thread queued at the earliest time (``times[0]``)."""
-        del self.times[0]
-        return self.tids.pop(0)
+        """The first thread queued at the earliest time (at ``-keys[-1]``)."""
+        self.keys.pop()
+        return self.tids.pop()
+
+    def ordered(self) -> list[tuple[int, int]]:
+        """(ready time, tid) of every entry, in the order they would be taken."""
+        return [(-k, x) for k, x in zip(reversed(self.keys), reversed(self.tids))]
+
+    def assign(self, ents: list[tuple[int, int]]) -> None:
+        """Replace the entries by ``ents``, (ready time, tid) in the order to take them."""
+        self.keys[:] = [-e[0] for e in reversed(ents)]
+        self.tids[:] = [e[1] for e in reversed(ents)]
 
 
 class _Cost:
@@ -880,7 +902,7 @@ class TimedDriver:
         # (mypyc), such a call is a direct C call, a bound method a Python-level one
         threads = m.threads
         rq = self._rq
-        rtimes = rq.times  # the earliest ready time is rtimes[0]
+        rkeys = rq.keys  # the earliest ready time is -rkeys[-1]
         clk = self._clk
         cat = self._cat
         rolecat = self._rolecat
@@ -927,9 +949,9 @@ class TimedDriver:
                     now = clk[tid]
                     carry = -1
                 else:
-                    if not rtimes:
+                    if not rkeys:
                         break
-                    now = rtimes[0]
+                    now = -rkeys[-1]
                     if now >= limit:
                         stopped = "until"
                         break
@@ -1015,7 +1037,8 @@ class TimedDriver:
                 if cid < 0:
                     cid = rolecat[tid]
                 end = now + c
-                cat[tid][cid] += c
+                row = cat[tid]
+                row[cid] = row[cid] + c  # compiled, ``+=`` on an item is a generic add
                 info.count += 1
                 info.total += c
                 if period:
@@ -1052,7 +1075,11 @@ class TimedDriver:
                     else:
                         if kc == KC_GRANT:
                             who = tid * 4 + (1 if op.a == 1 else (2 if lk.shared_ok else 0))
-                            wait = now - ls.req.pop(tid, now)
+                            req = ls.req
+                            wait = 0
+                            if tid in req:  # get and del: cheaper compiled than pop
+                                wait = now - req[tid]
+                                del req[tid]
                         elif ((lk.owner is not None and lk.owner == tid)
                               or tid in lk.readers):
                             who = tid * 4 + (1 if k == READ_LOCK else
@@ -1088,12 +1115,14 @@ class TimedDriver:
                             if h in park and lk.owner is None and (
                                     hmode == READ or not lk.readers):
                                 # wake the head (inline _wake for the common case)
-                                hrec = park.pop(h)
+                                hrec = park[h]
+                                del park[h]
                                 c0 = clk[h]
                                 ready = (c0 if c0 > end else end) + hrec[1]
                                 dt = ready - c0
                                 if dt:
-                                    cat[h][hrec[0]] += dt
+                                    hrow = cat[h]
+                                    hrow[hrec[0]] = hrow[hrec[0]] + dt
                                     if hrec[2]:
                                         ls.spin_ns += dt
                                         if period:
@@ -1117,7 +1146,7 @@ class TimedDriver:
                 if blocking[t.pending.kind] and not m.enabled(tid):
                     self._park_thread(tid, t.pending)
                     continue
-                if end < limit and (not rtimes or end < rtimes[0]):
+                if end < limit and (not rkeys or -end > rkeys[-1]):
                     carry = tid
                 else:
                     rq.push(end, tid)

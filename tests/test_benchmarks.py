@@ -69,3 +69,30 @@ def test_fault_stream_benchmark_rejects_bad_input_in_one_line():
     r = run("-b", "3K", script=STREAM_BENCH)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "multiple of the 4 KiB page size" in r.stderr
+
+
+FULL_BENCH = BENCH.parent / "bench_full_scale.py"
+
+
+def test_full_scale_benchmark_prints_its_extrapolation_as_such():
+    r = run("--designs", "upstream,yu-v2", "-v", "2", "-b", "64K", "--memory-bytes",
+            "128K", script=FULL_BENCH)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "(vCPUs alone)" in out and " upstream " in out and " yu-v2 " in out
+    # the floor and each design: a wall-time extrapolation each
+    assert len([ln for ln in out.splitlines() if "-> full size ~" in ln
+                and ln.endswith(" min")]) == 3
+    assert "memory: 64 pages (-b 128K, past the cap)" in out
+    # at this size nothing reaches the full-size target: the verdict says FAIL, and says
+    # it is an extrapolation, not a measurement
+    assert "FAIL (by extrapolation" in out
+
+
+def test_full_scale_benchmark_rejects_bad_input_in_one_line():
+    r = run("--designs", "nope", script=FULL_BENCH)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown design 'nope'" in r.stderr
+    r = run("-b", "2M", "--memory-bytes", "1M", script=FULL_BENCH)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "must be larger than -b" in r.stderr

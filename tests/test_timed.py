@@ -49,6 +49,33 @@ def thread_named(r, name):
     return next(t for t in r.threads if t.name == name)
 
 
+# -- the ready queue: the order of a heap of (time, sequence, tid) ----------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.integers(0, 6), st.integers(0, 40)),
+                          st.none()), max_size=80))
+def test_ready_queue_takes_threads_in_time_then_fifo_order(script):
+    """Pushes (time, tid) and pops (None) in any order: the queue gives what a heap of
+    (time, push sequence, tid) gives, its ``ordered()`` is that heap's sorted contents,
+    and ``assign`` of that order gives the same queue back."""
+    import heapq
+    q = timed_mod._ReadyQueue()
+    heap: list[tuple[int, int, int]] = []
+    for seq, step in enumerate(script):
+        if step is None:
+            if heap:
+                assert q.pop() == heapq.heappop(heap)[2]
+            continue
+        t, tid = step
+        q.push(t, tid)
+        heapq.heappush(heap, (t, seq, tid))
+        assert -q.keys[-1] == heap[0][0]  # the earliest ready time
+        assert q.ordered() == [(e[0], e[2]) for e in sorted(heap)]
+    copy = timed_mod._ReadyQueue()
+    copy.assign(q.ordered())
+    assert (copy.keys, copy.tids) == (q.keys, q.tids)
+
+
 # --- virtual time and locks ---------------------------------------------------------------
 
 def test_ops_advance_the_thread_clock_by_their_cost():

@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':16s} memory: {bpages:,} pages (-b {a.memory_bytes}, past the "
                       f"cap) RSS {b['rss'] / 2**20:.0f} MiB in {b['wall']:.1f} s: "
                       f"{slope:.0f} B a page -> full size ~{full_b / 2**30:.1f} GiB "
-                      f"({'under' if full_b < TARGET_BYTES else 'over'} 4 GiB)",
+                      f"({'under' if full_b < TARGET_BYTES else 'over'} 4 GiB; one run "
+                      "of each size: peak RSS moves by tens of MiB between identical "
+                      "runs)",
                       flush=True)
     except RuntimeError as e:
         print(f"bench_full_scale: {e}", file=sys.stderr)

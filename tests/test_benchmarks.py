@@ -83,7 +83,7 @@ def test_full_scale_benchmark_prints_its_extrapolation_as_such():
     # the floor and each design: a wall-time extrapolation each
     assert len([ln for ln in out.splitlines() if "-> full size ~" in ln
                 and ln.endswith(" min")]) == 3
-    assert "memory: 64 pages (-b 128K, past the cap)" in out
+    assert "memory (upstream): 64 pages (-b 128K, under the cap)" in out
     # at this size nothing reaches the full-size target: the verdict says FAIL, and says
     # it is an extrapolation, not a measurement
     assert "FAIL (by extrapolation" in out
@@ -93,6 +93,10 @@ def test_full_scale_benchmark_rejects_bad_input_in_one_line():
     r = run("--designs", "nope", script=FULL_BENCH)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "unknown design 'nope'" in r.stderr
-    r = run("-b", "2M", "--memory-bytes", "1M", script=FULL_BENCH)
+    for b, mem in (("2M", "1M"), ("4K", "6K")):  # not larger than -b; not whole pages
+        r = run("-v", "1", "-b", b, "--memory-bytes", mem, script=FULL_BENCH)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+        assert f"--memory-bytes {mem} must be a multiple of" in r.stderr
+    r = run("--memory-bytes", "1G", script=FULL_BENCH)  # would be the full size itself
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "must be larger than -b" in r.stderr
+    assert "above the memory run's limit" in r.stderr

@@ -17,6 +17,12 @@ def run(*args: str, script: Path = BENCH) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)
 
 
+def assert_one_line_error(r: subprocess.CompletedProcess[str], text: str) -> None:
+    """Bad input: exit 2 and one stderr line that says ``text``."""
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert text in r.stderr
+
+
 @pytest.mark.parametrize("mmu", ["x86-tdp", "arm64", "arm64-swaf"])
 def test_aging_scale_benchmark_runs_and_checks_the_model_state(mmu):
     r = run("--size", "256M", "--chunk", "2048", "--designs", "upstream,yu-v2", "--mmu", mmu)
@@ -29,11 +35,9 @@ def test_aging_scale_benchmark_runs_and_checks_the_model_state(mmu):
 
 def test_aging_scale_benchmark_rejects_bad_input_in_one_line():
     r = run("--designs", "nope")
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "unknown design 'nope'" in r.stderr
+    assert_one_line_error(r, "unknown design 'nope'")
     r = run("--mmu", "x86-shadow")  # not one the benchmark ages in runs
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "unknown --mmu 'x86-shadow'" in r.stderr
+    assert_one_line_error(r, "unknown --mmu 'x86-shadow'")
 
 
 LOCK_BENCH = BENCH.parent / "bench_lock_cycles.py"
@@ -51,8 +55,7 @@ def test_lock_cycle_benchmark_runs_both_ways_with_the_same_result(writer):
 
 def test_lock_cycle_benchmark_rejects_bad_input_in_one_line():
     r = run("--faults", "0", script=LOCK_BENCH)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "counts must be >= 1 and times >= 0" in r.stderr
+    assert_one_line_error(r, "counts must be >= 1 and times >= 0")
 
 
 STREAM_BENCH = BENCH.parent / "bench_fault_stream.py"
@@ -67,8 +70,7 @@ def test_fault_stream_benchmark_runs_both_ways_with_the_same_result():
 
 def test_fault_stream_benchmark_rejects_bad_input_in_one_line():
     r = run("-b", "3K", script=STREAM_BENCH)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "multiple of the 4 KiB page size" in r.stderr
+    assert_one_line_error(r, "multiple of the 4 KiB page size")
 
 
 FULL_BENCH = BENCH.parent / "bench_full_scale.py"
@@ -91,12 +93,9 @@ def test_full_scale_benchmark_prints_its_extrapolation_as_such():
 
 def test_full_scale_benchmark_rejects_bad_input_in_one_line():
     r = run("--designs", "nope", script=FULL_BENCH)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "unknown design 'nope'" in r.stderr
+    assert_one_line_error(r, "unknown design 'nope'")
     for b, mem in (("2M", "1M"), ("4K", "6K")):  # not larger than -b; not whole pages
         r = run("-v", "1", "-b", b, "--memory-bytes", mem, script=FULL_BENCH)
-        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-        assert f"--memory-bytes {mem} must be a multiple of" in r.stderr
+        assert_one_line_error(r, f"--memory-bytes {mem} must be a multiple of")
     r = run("--memory-bytes", "1G", script=FULL_BENCH)  # would be the full size itself
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "above the memory run's limit" in r.stderr
+    assert_one_line_error(r, "above the memory run's limit")

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nbytes = parse_size(a.bytes)
         big = parse_size(a.memory_bytes)
+        bpages = a.vcpus * big // 4096  # the memory run's pages
         for d in designs:
             A.Config(design=d, mmu=a.mmu, vcpus=a.vcpus, bytes_per_vcpu=nbytes,
                      benchmark=True).validate()
@@ -109,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             if big <= nbytes or big % 4096:
                 raise ConfigError(f"--memory-bytes {a.memory_bytes} must be a multiple of "
                                   f"the 4 KiB page size larger than -b {a.bytes}")
-            if a.vcpus * big // 4096 > MEMORY_MAX_PAGES:
+            if bpages > MEMORY_MAX_PAGES:
                 raise ConfigError(f"--memory-bytes {a.memory_bytes} is "
-                                  f"{a.vcpus * big // 4096:,} pages with -v {a.vcpus}, "
+                                  f"{bpages:,} pages with -v {a.vcpus}, "
                                   f"above the memory run's limit of {MEMORY_MAX_PAGES:,}")
     except (ConfigError, ValueError) as e:
         print(f"bench_full_scale: {e}", file=sys.stderr)
@@ -143,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
             if not a.no_memory and not alone and name == designs[0]:
                 b = child(design, a.mmu, a.vcpus, big, False, uncapped=True)
-                bpages = a.vcpus * big // 4096
                 where = "past" if bpages > A.MAX_TOTAL_PAGES else "under"
                 slope = (b["rss"] - r["rss"]) / (bpages - pages)
                 line = (f"  {'':16s} memory ({design}): {bpages:,} pages (-b "
